@@ -18,5 +18,6 @@ pub mod progress;
 pub mod repository;
 pub mod retention;
 pub mod s3;
+pub mod schedule;
 pub mod sources;
 pub mod units;

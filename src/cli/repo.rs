@@ -47,6 +47,12 @@ pub struct SnapshotBucketArgs {
     /// Do not read object tags (saves one request per changed object).
     #[arg(long)]
     pub no_tags: bool,
+    /// Size in bytes at which a pack is closed and uploaded.
+    #[arg(long, default_value_t = crate::repository::pack::DEFAULT_PACK_SIZE as u64, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(4096..=1 << 30))]
+    pub pack_size: u64,
+    /// Packs between index writes; a killed run leaves at most this many packs unindexed.
+    #[arg(long, default_value_t = crate::repository::pack::INDEX_FLUSH_PACKS as u64, hide = true, value_parser = clap::value_parser!(u64).range(1..))]
+    pub index_flush_packs: u64,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -241,6 +247,8 @@ pub async fn snapshot_bucket(a: SnapshotBucketArgs) -> Result<ExitCode, CliError
     let mut opts = options(&a.repo);
     opts.compression_level = a.compression_level;
     opts.upload_concurrency = a.uploads as usize;
+    opts.pack_size = a.pack_size as usize;
+    opts.index_flush_packs = a.index_flush_packs as usize;
     let repo = Arc::new(Repository::open_or_init(&url, opts).await?);
     let stats = bucket::snapshot(
         repo,
