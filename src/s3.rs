@@ -303,9 +303,10 @@ impl S3Settings {
                 }
             }
             "NoSuchBucket" => return S3Error::NoSuchBucket { endpoint, bucket: bucket.into() },
-            "NoSuchKey" | "NotFound" => {
+            "NoSuchKey" | "NotFound" if !key.is_empty() => {
                 return S3Error::NoSuchKey { bucket: bucket.into(), key: key.into() }
             }
+            "NotFound" => return S3Error::NoSuchBucket { endpoint, bucket: bucket.into() },
             _ => {}
         }
         match status {

@@ -86,6 +86,15 @@ impl MasterIndex {
         self.damaged.insert((pack, blob));
     }
 
+    /// Forgets the damage recorded for `pack` and returns the blobs it named.
+    pub fn clear_damaged(&mut self, pack: PackId) -> Vec<BlobId> {
+        let blobs: Vec<BlobId> = self.damaged.iter().filter(|(p, _)| *p == pack).map(|(_, b)| *b).collect();
+        for b in &blobs {
+            self.damaged.remove(&(pack, *b));
+        }
+        blobs
+    }
+
     pub fn is_damaged(&self, pack: PackId, blob: BlobId) -> bool {
         self.damaged.contains(&(pack, blob))
     }

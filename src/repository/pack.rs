@@ -252,6 +252,13 @@ async fn upload_pack(repo: &Repository, pack: OpenPack, stats: &WriteStats) -> R
         }
         None => return Err(BackendError::NotFound { key }.into()),
     }
+    // A pack is named by its content, so a damaged pack written again with
+    // the same id now holds verified bytes: its damage records are void.
+    let repaired = repo.with_index_mut(|i| i.clear_damaged(id));
+    for blob in repaired {
+        repo.backend().delete(&format!("damaged/{id}-{blob}")).await?;
+        info!(pack.id = %id, blob.id = %blob, "damaged pack replaced by a verified copy");
+    }
     stats.packs.fetch_add(1, Ordering::Relaxed);
     stats.pack_bytes.fetch_add(size, Ordering::Relaxed);
     debug!(pack.id = %id, pack.bytes = size, pack.blobs = pack.blobs.len(), "pack uploaded");

@@ -53,7 +53,7 @@ pub enum BucketError {
     #[error("bucket {bucket:?} already holds different content at {count} key(s) that the restore would write: {sample}; pass --overwrite to replace them, or restore into an empty bucket")]
     WouldOverwrite { bucket: String, count: usize, sample: String },
     #[error("no complete snapshot of {source_id} at or before {target}; the oldest one is from {oldest}")]
-    NoSnapshotBefore { source_id: String, target: DateTime<Utc>, oldest: String },
+    NoSnapshotBefore { source_id: String, target: String, oldest: String },
     #[error("no complete snapshot of {source_id} in the repository")]
     NoSnapshots { source_id: String },
     #[error("the repository holds snapshots of several sources ({sources}); name one with --source")]
@@ -325,11 +325,23 @@ impl ReadContext<'_> {
                 .await
                 .map_err(|e| self.settings.classify("GetObject", self.bucket, &obj.key, e))?;
             let expected = out.content_length.unwrap_or(0).max(0) as u64;
+            // The next run compares its listing with these values, so keep
+            // the listing's (millisecond) time when the GET returned the same
+            // version. When the object changed after the listing, keep the
+            // GET's values: they describe the bytes read, and the next run
+            // then reads the object again.
+            let same_version = out.e_tag.as_deref() == Some(obj.etag.as_str()) && expected == obj.size;
+            let (etag, last_modified) = if same_version {
+                (Some(obj.etag.clone()), Some(obj.last_modified))
+            } else {
+                debug!(s3.key = %obj.key, "object changed since the listing");
+                (out.e_tag.clone(), s3_time(out.last_modified.as_ref()))
+            };
             let mut entry = Entry {
                 key: obj.key.clone(),
                 size: expected,
-                etag: out.e_tag.clone().or_else(|| Some(obj.etag.clone())),
-                last_modified: s3_time(out.last_modified.as_ref()).or(Some(obj.last_modified)),
+                etag,
+                last_modified,
                 sha256: Digest([0; 32]),
                 content_type: out.content_type.clone(),
                 content_encoding: out.content_encoding.clone(),
@@ -450,7 +462,7 @@ pub async fn snapshot_at(
         (Some(b), _) => Ok(repo.load_manifest(&b.id).await?),
         (None, Some(o)) => Err(BucketError::NoSnapshotBefore {
             source_id: source,
-            target,
+            target: target.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
             oldest: o.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         }),
         (None, None) => Err(BucketError::NoSnapshots { source_id: source }),
