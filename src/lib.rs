@@ -15,6 +15,7 @@ pub mod cli;
 pub mod id;
 pub mod postgres;
 pub mod progress;
+pub mod prune;
 pub mod repository;
 pub mod retention;
 pub mod s3;

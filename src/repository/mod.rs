@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod check;
 pub mod chunker;
+pub mod gc;
 pub mod index;
 pub mod lock;
 pub mod manifest;

@@ -93,6 +93,10 @@ pub struct PackWriter {
     permits: Arc<Semaphore>,
     /// Packs uploaded and checked but not yet listed in an index file.
     unindexed: Arc<Mutex<Vec<PackEntry>>>,
+    /// Every pack this writer uploaded.
+    written: Arc<Mutex<Vec<PackEntry>>>,
+    /// Every index file this writer wrote.
+    indexes: Arc<Mutex<Vec<IndexId>>>,
     pub stats: Arc<WriteStats>,
 }
 
@@ -105,6 +109,8 @@ impl PackWriter {
             uploads: Mutex::new(JoinSet::new()),
             permits,
             unindexed: Arc::new(Mutex::new(Vec::new())),
+            written: Arc::new(Mutex::new(Vec::new())),
+            indexes: Arc::new(Mutex::new(Vec::new())),
             stats: Arc::new(WriteStats::default()),
         }
     }
@@ -147,11 +153,31 @@ impl PackWriter {
         self.add_frame(id, raw_len, frame).await
     }
 
-    /// Adds a blob's frame to the open pack.
+    /// Adds a blob's frame to the open pack, unless a usable copy exists.
     pub async fn add_frame(&self, id: BlobId, raw_length: u64, frame: Vec<u8>) -> Result<(), RepoError> {
+        self.add_frame_inner(id, raw_length, frame, false).await
+    }
+
+    /// Adds a blob's frame even when a usable copy exists elsewhere; garbage
+    /// collection uses it to move live blobs out of a pack it deletes.
+    pub async fn add_frame_forced(&self, id: BlobId, raw_length: u64, frame: Vec<u8>) -> Result<(), RepoError> {
+        self.add_frame_inner(id, raw_length, frame, true).await
+    }
+
+    /// Packs this writer uploaded, taken out of the writer.
+    pub async fn take_written(&self) -> Vec<PackEntry> {
+        std::mem::take(&mut *self.written.lock().await)
+    }
+
+    /// Index files this writer wrote.
+    pub async fn index_ids(&self) -> Vec<IndexId> {
+        self.indexes.lock().await.clone()
+    }
+
+    async fn add_frame_inner(&self, id: BlobId, raw_length: u64, frame: Vec<u8>, forced: bool) -> Result<(), RepoError> {
         let full = {
             let mut st = self.state.lock().await;
-            if st.pending.contains(&id) || self.repo.with_index(|i| i.has_usable(&id)) {
+            if st.pending.contains(&id) || (!forced && self.repo.with_index(|i| i.has_usable(&id))) {
                 return Ok(());
             }
             st.pending.insert(id);
@@ -182,10 +208,13 @@ impl PackWriter {
         }
         let repo = self.repo.clone();
         let unindexed = self.unindexed.clone();
+        let written = self.written.clone();
+        let indexes = self.indexes.clone();
         let stats = self.stats.clone();
         uploads.spawn(async move {
             let entry = upload_pack(&repo, pack, &stats).await?;
             drop(permit);
+            written.lock().await.push(entry.clone());
             let batch = {
                 let mut pending = unindexed.lock().await;
                 pending.push(entry);
@@ -196,7 +225,8 @@ impl PackWriter {
                 }
             };
             if !batch.is_empty() {
-                write_index(&repo, batch, &stats).await?;
+                let id = write_index(&repo, batch, &stats).await?;
+                indexes.lock().await.push(id);
             }
             Ok(())
         });
@@ -226,7 +256,8 @@ impl PackWriter {
         }
         let batch = std::mem::take(&mut *self.unindexed.lock().await);
         if !batch.is_empty() {
-            write_index(&self.repo, batch, &self.stats).await?;
+            let id = write_index(&self.repo, batch, &self.stats).await?;
+            self.indexes.lock().await.push(id);
         }
         self.state.lock().await.pending.clear();
         Ok(())
@@ -278,6 +309,6 @@ pub(crate) async fn write_index(
     let id = IndexId(Digest::of(&json));
     repo.backend().put(&format!("index/{id}"), data).await?;
     stats.index_files.fetch_add(1, Ordering::Relaxed);
-    info!(index.id = %id, index.packs = file.packs.len(), "index written");
+    debug!(index.id = %id, index.packs = file.packs.len(), "index written");
     Ok(id)
 }

@@ -1,0 +1,554 @@
+//! Policy files: what to back up, when, and how long to keep it.
+//!
+//! A policy is one YAML file, usually under `policies/`. [`Policy::load`] and [`Policy::parse`]
+//! read it strictly: an unknown field, a wrong type or an impossible value is an error that
+//! names the file, line and column, with a suggestion for a misspelt field. `docs/policies.md`
+//! describes every field.
+//!
+//! Each thing that is backed up has a *source identity*, the name its snapshots are filed under:
+//!
+//! | Source | Identity |
+//! |---|---|
+//! | bucket | `s3:<bucket>` |
+//! | database, `driver: cnpg` | `cnpg:<namespace>/<cluster>` |
+//! | database, `driver: local` | `postgres:<name>` |
+//! | worker checkpoints of job `<job>` | `checkpoints:<job>` |
+//!
+//! Policy files never contain credentials. Fields that would hold one are rejected, and S3 and
+//! PostgreSQL credentials come from the environment or from the `*_file` fields.
+
+mod diagnostics;
+mod document;
+mod simulate;
+mod validate;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::postgres::config::{DatabaseSpec, Driver};
+use crate::retention::RetentionRules;
+use crate::schedule::Schedule;
+use crate::units::{ByteSize, Duration};
+
+pub use diagnostics::{Diagnostic, PolicyError};
+pub use simulate::{
+    parse_snapshot_list, simulate, Action, SimulateError, SimulatedSnapshot, SnapshotEntry,
+    SnapshotListError,
+};
+
+/// Name used in diagnostics for the embedded copy of `policies/local.yaml`.
+pub const LOCAL_POLICY_NAME: &str = "<embedded local.yaml>";
+
+/// The text of `policies/local.yaml`, compiled in as the default policy for a machine without
+/// Kubernetes.
+pub const LOCAL_POLICY_YAML: &str = include_str!("../../policies/local.yaml");
+
+/// Prefix of checkpoint source identities. Every `checkpoints:<job>` shares one retention.
+pub const CHECKPOINTS_PREFIX: &str = "checkpoints:";
+
+/// The identity that [`Policy::sources`] lists for all checkpoint jobs.
+pub const CHECKPOINTS_PATTERN: &str = "checkpoints:*";
+
+/// Default of `prune.gc_grace`.
+pub const DEFAULT_GC_GRACE: Duration = Duration {
+    years: 0,
+    months: 0,
+    weeks: 0,
+    days: 0,
+    hours: 1,
+    minutes: 0,
+    seconds: 0,
+};
+
+/// Default of `verification.sample_objects`.
+pub const DEFAULT_SAMPLE_OBJECTS: u32 = 50;
+
+/// A validated policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub repository: Repository,
+    /// Time zone of every schedule and of the retention periods (days, weeks, months, years).
+    pub timezone: Tz,
+    pub postgres: Vec<Database>,
+    pub buckets: Vec<Bucket>,
+    /// How to reach the S3 server of the buckets. Unset fields fall back to the AWS environment.
+    pub source_s3: Option<S3Options>,
+    pub checkpoints: Option<Checkpoints>,
+    pub prune: Option<Prune>,
+    pub verification: Option<Verification>,
+}
+
+/// A policy with the warnings found while checking it.
+#[derive(Debug, Clone)]
+pub struct ParsedPolicy {
+    pub policy: Policy,
+    /// Advice that does not make the policy invalid, such as a schedule that fires every minute
+    /// of an hour.
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Where snapshots are stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Repository {
+    /// `s3://bucket/prefix` or `file:///absolute/path`.
+    pub url: String,
+    /// How to reach the repository's S3 server. Only allowed with an `s3://` URL.
+    pub s3: Option<S3Options>,
+}
+
+/// Settings that override the AWS environment for one S3 server. They mirror
+/// `crate::s3::S3Overrides`, which is what the S3 client takes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Options {
+    /// Endpoint URL, such as `http://visage-minio:9000`.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Signing region.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// File that contains the access key id, such as a mounted Kubernetes Secret key.
+    #[serde(default)]
+    pub access_key_id_file: Option<PathBuf>,
+    /// File that contains the secret access key.
+    #[serde(default)]
+    pub secret_access_key_file: Option<PathBuf>,
+    /// Path-style addressing (`endpoint/bucket/key`). The S3 client turns it on when unset.
+    #[serde(default)]
+    pub path_style: Option<bool>,
+}
+
+impl S3Options {
+    /// Returns `self` with unset fields taken from `fallback`.
+    pub fn or(&self, fallback: &S3Options) -> S3Options {
+        S3Options {
+            endpoint: self.endpoint.clone().or_else(|| fallback.endpoint.clone()),
+            region: self.region.clone().or_else(|| fallback.region.clone()),
+            access_key_id_file: self
+                .access_key_id_file
+                .clone()
+                .or_else(|| fallback.access_key_id_file.clone()),
+            secret_access_key_file: self
+                .secret_access_key_file
+                .clone()
+                .or_else(|| fallback.secret_access_key_file.clone()),
+            path_style: self.path_style.or(fallback.path_style),
+        }
+    }
+
+    /// Converts to the settings the S3 client takes.
+    #[cfg(not(scratch))]
+    pub fn to_overrides(&self) -> crate::s3::S3Overrides {
+        crate::s3::S3Overrides {
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            access_key_id_file: self.access_key_id_file.clone(),
+            secret_access_key_file: self.secret_access_key_file.clone(),
+            path_style: self.path_style,
+        }
+    }
+}
+
+/// One entry of the `postgres:` list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Database {
+    pub spec: DatabaseSpec,
+    /// `cnpg:<namespace>/<cluster>` or `postgres:<name>`.
+    pub source_id: String,
+    /// `spec.schedule` parsed in the policy's time zone.
+    pub schedule: Option<Schedule>,
+}
+
+/// One entry of the `buckets:` list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bucket {
+    /// Name used in reports and in `verification.references`.
+    pub name: String,
+    /// S3 bucket name.
+    pub bucket: String,
+    /// Only objects whose key starts with this prefix. Empty for the whole bucket.
+    pub prefix: String,
+    pub schedule: Option<Schedule>,
+    pub retention: RetentionRules,
+    /// How to reach this bucket's server, already merged over the policy's `source_s3`.
+    pub s3: S3Options,
+    /// `s3:<bucket>`.
+    pub source_id: String,
+}
+
+/// Worker checkpoints pushed to visage-dr over HTTP, one source `checkpoints:<job>` per job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checkpoints {
+    /// Rules applied to the checkpoints of each job. Final checkpoints are always kept.
+    pub retention: RetentionRules,
+    /// Largest checkpoint accepted. Unset means no limit.
+    pub max_size: Option<ByteSize>,
+    /// When workers are expected to push. visage-dr does not start pushes, so `policy check`
+    /// only lists the fire times.
+    pub schedule: Option<Schedule>,
+}
+
+/// When old snapshots are removed and their data garbage-collected.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prune {
+    pub schedule: Schedule,
+    /// Prune skips a source whose newest successful snapshot is older than this, so that a
+    /// source whose backups stopped keeps its last snapshots.
+    pub max_snapshot_age: Option<Duration>,
+    /// Time a blob stays after its last reference goes, so a backup running during the prune
+    /// can still reuse it.
+    pub gc_grace: Duration,
+}
+
+/// The restore test: restore into scratch space and check the result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verification {
+    pub schedule: Schedule,
+    /// Kubernetes namespace for scratch CNPG clusters. Required when a database uses
+    /// `driver: cnpg`.
+    pub scratch_namespace: Option<String>,
+    /// Directory for scratch PostgreSQL data and restored objects on a machine without
+    /// Kubernetes. Required when a database uses `driver: local`.
+    pub scratch_dir: Option<PathBuf>,
+    /// Time after which a verification run is stopped and reported as failed.
+    pub timeout: std::time::Duration,
+    /// Number of objects per bucket whose restored content is compared with the source.
+    pub sample_objects: u32,
+    pub data_boundary: Option<DataBoundary>,
+    pub references: Vec<ReferenceCheck>,
+    pub schema: Option<SchemaCheck>,
+    pub checks: Vec<QueryCheck>,
+}
+
+/// A query that returns the time of the newest row of the restored database, compared with the
+/// snapshot time to show how much data a restore would lose.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataBoundary {
+    /// Name of an entry of the `postgres:` list.
+    pub database: String,
+    pub query: String,
+}
+
+/// A query that returns object keys, each of which must exist in the restored bucket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReferenceCheck {
+    /// Name of an entry of the `postgres:` list.
+    pub database: String,
+    /// Name of an entry of the `buckets:` list.
+    pub bucket: String,
+    pub query: String,
+}
+
+/// Tables and extensions that must exist in the restored database.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SchemaCheck {
+    /// Name of an entry of the `postgres:` list.
+    pub database: String,
+    pub tables: Vec<String>,
+    pub extensions: Vec<String>,
+}
+
+/// A query on the restored database whose single value must meet `expect`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryCheck {
+    pub name: String,
+    /// Name of an entry of the `postgres:` list.
+    pub database: String,
+    pub query: String,
+    pub expect: Expectation,
+}
+
+/// A comparison such as `>= 1`, applied to a query result.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Expectation {
+    pub operator: Comparison,
+    pub value: f64,
+}
+
+/// The operator of an [`Expectation`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Comparison {
+    Equal,
+    NotEqual,
+    Less,
+    LessOrEqual,
+    Greater,
+    GreaterOrEqual,
+}
+
+impl Comparison {
+    /// Operators in the order they are tried when parsing, two-character ones first.
+    const ALL: [(&'static str, Comparison); 7] = [
+        ("==", Comparison::Equal),
+        ("!=", Comparison::NotEqual),
+        ("<=", Comparison::LessOrEqual),
+        (">=", Comparison::GreaterOrEqual),
+        ("=", Comparison::Equal),
+        ("<", Comparison::Less),
+        (">", Comparison::Greater),
+    ];
+
+    fn symbol(self) -> &'static str {
+        match self {
+            Comparison::Equal => "==",
+            Comparison::NotEqual => "!=",
+            Comparison::Less => "<",
+            Comparison::LessOrEqual => "<=",
+            Comparison::Greater => ">",
+            Comparison::GreaterOrEqual => ">=",
+        }
+    }
+}
+
+impl Expectation {
+    /// Returns whether `actual` meets the expectation.
+    pub fn accepts(&self, actual: f64) -> bool {
+        match self.operator {
+            Comparison::Equal => actual == self.value,
+            Comparison::NotEqual => actual != self.value,
+            Comparison::Less => actual < self.value,
+            Comparison::LessOrEqual => actual <= self.value,
+            Comparison::Greater => actual > self.value,
+            Comparison::GreaterOrEqual => actual >= self.value,
+        }
+    }
+}
+
+impl fmt::Display for Expectation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.operator.symbol(), self.value)
+    }
+}
+
+/// An invalid `expect` value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid expectation {0:?}: write an operator (==, !=, <, <=, >, >=) and a number, such as \">= 1\"")]
+pub struct ParseExpectationError(String);
+
+impl FromStr for Expectation {
+    type Err = ParseExpectationError;
+
+    /// Parses `<operator> <number>`. A number alone means `==`.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let trimmed = text.trim();
+        let (operator, rest) = Comparison::ALL
+            .iter()
+            .find_map(|(symbol, operator)| {
+                trimmed
+                    .strip_prefix(symbol)
+                    .map(|rest| (*operator, rest))
+            })
+            .unwrap_or((Comparison::Equal, trimmed));
+        let value: f64 = rest
+            .trim()
+            .parse()
+            .map_err(|_| ParseExpectationError(text.to_owned()))?;
+        if !value.is_finite() {
+            return Err(ParseExpectationError(text.to_owned()));
+        }
+        Ok(Expectation { operator, value })
+    }
+}
+
+impl Serialize for Expectation {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Expectation {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The kind of a source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    Postgres,
+    Bucket,
+    Checkpoints,
+}
+
+/// A source of snapshots with the rules that apply to it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceRef<'a> {
+    /// Source identity, such as `s3:visage-uploads`, or [`CHECKPOINTS_PATTERN`] for all
+    /// checkpoint jobs.
+    pub id: String,
+    pub kind: SourceKind,
+    /// Entry name in the policy, or `checkpoints`.
+    pub name: &'a str,
+    /// `None` for a database without a `retention` block, whose snapshots are never pruned.
+    pub retention: Option<&'a RetentionRules>,
+    pub schedule: Option<&'a Schedule>,
+}
+
+/// A schedule of the policy and what it starts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedSchedule<'a> {
+    /// Such as `postgres visage-db`, `bucket uploads`, `checkpoints`, `prune`, `verification`.
+    pub name: String,
+    pub schedule: &'a Schedule,
+}
+
+/// One fire time in UTC and in the policy's time zone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FireTime {
+    pub utc: DateTime<Utc>,
+    pub local: DateTime<Tz>,
+}
+
+impl Policy {
+    /// Reads and checks the policy file at `path`.
+    pub fn load(path: &Path) -> Result<ParsedPolicy, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Policy::parse(&text, &path.display().to_string())
+    }
+
+    /// Checks the policy text `text`. `file` names it in diagnostics.
+    pub fn parse(text: &str, file: &str) -> Result<ParsedPolicy, PolicyError> {
+        validate::parse(text, file)
+    }
+
+    /// Parses the embedded `policies/local.yaml`.
+    pub fn local_default() -> Result<ParsedPolicy, PolicyError> {
+        Policy::parse(LOCAL_POLICY_YAML, LOCAL_POLICY_NAME)
+    }
+
+    /// Lists every source with its retention rules and schedule: databases, then buckets, then
+    /// one [`CHECKPOINTS_PATTERN`] entry for all checkpoint jobs.
+    pub fn sources(&self) -> Vec<SourceRef<'_>> {
+        let mut sources = Vec::new();
+        for database in &self.postgres {
+            sources.push(SourceRef {
+                id: database.source_id.clone(),
+                kind: SourceKind::Postgres,
+                name: &database.spec.name,
+                retention: database.spec.retention.as_ref(),
+                schedule: database.schedule.as_ref(),
+            });
+        }
+        for bucket in &self.buckets {
+            sources.push(SourceRef {
+                id: bucket.source_id.clone(),
+                kind: SourceKind::Bucket,
+                name: &bucket.name,
+                retention: Some(&bucket.retention),
+                schedule: bucket.schedule.as_ref(),
+            });
+        }
+        if let Some(checkpoints) = &self.checkpoints {
+            sources.push(SourceRef {
+                id: CHECKPOINTS_PATTERN.to_owned(),
+                kind: SourceKind::Checkpoints,
+                name: "checkpoints",
+                retention: Some(&checkpoints.retention),
+                schedule: checkpoints.schedule.as_ref(),
+            });
+        }
+        sources
+    }
+
+    /// Finds the source with identity `source_id`. Any `checkpoints:<job>` with a non-empty job
+    /// matches the checkpoints entry.
+    pub fn source(&self, source_id: &str) -> Option<SourceRef<'_>> {
+        let is_checkpoint_job = source_id
+            .strip_prefix(CHECKPOINTS_PREFIX)
+            .is_some_and(|job| !job.is_empty());
+        self.sources().into_iter().find(|source| {
+            source.id == source_id
+                || (source.kind == SourceKind::Checkpoints && is_checkpoint_job)
+        })
+    }
+
+    /// Returns the retention rules of the source with identity `source_id`, or `None` for an
+    /// unknown source or a database without a `retention` block.
+    pub fn retention_for(&self, source_id: &str) -> Option<&RetentionRules> {
+        if let Some(job) = source_id.strip_prefix(CHECKPOINTS_PREFIX) {
+            if !job.is_empty() {
+                return self.checkpoints.as_ref().map(|c| &c.retention);
+            }
+        }
+        if let Some(bucket) = self.buckets.iter().find(|b| b.source_id == source_id) {
+            return Some(&bucket.retention);
+        }
+        self.postgres
+            .iter()
+            .find(|database| database.source_id == source_id)
+            .and_then(|database| database.spec.retention.as_ref())
+    }
+
+    /// Lists every schedule of the policy: databases, buckets, checkpoints, prune, verification.
+    pub fn schedules(&self) -> Vec<NamedSchedule<'_>> {
+        let mut schedules = Vec::new();
+        for database in &self.postgres {
+            if let Some(schedule) = &database.schedule {
+                schedules.push(NamedSchedule {
+                    name: format!("postgres {}", database.spec.name),
+                    schedule,
+                });
+            }
+        }
+        for bucket in &self.buckets {
+            if let Some(schedule) = &bucket.schedule {
+                schedules.push(NamedSchedule {
+                    name: format!("bucket {}", bucket.name),
+                    schedule,
+                });
+            }
+        }
+        if let Some(schedule) = self.checkpoints.as_ref().and_then(|c| c.schedule.as_ref()) {
+            schedules.push(NamedSchedule {
+                name: "checkpoints".to_owned(),
+                schedule,
+            });
+        }
+        if let Some(prune) = &self.prune {
+            schedules.push(NamedSchedule {
+                name: "prune".to_owned(),
+                schedule: &prune.schedule,
+            });
+        }
+        if let Some(verification) = &self.verification {
+            schedules.push(NamedSchedule {
+                name: "verification".to_owned(),
+                schedule: &verification.schedule,
+            });
+        }
+        schedules
+    }
+
+    /// Returns whether any database uses `driver`.
+    pub fn uses_driver(&self, driver: Driver) -> bool {
+        self.postgres.iter().any(|d| d.spec.driver == driver)
+    }
+}
+
+/// Returns the first `count` fire times of `schedule` strictly after `after`.
+pub fn upcoming_fires(schedule: &Schedule, after: DateTime<Utc>, count: usize) -> Vec<FireTime> {
+    schedule
+        .upcoming(after, count)
+        .into_iter()
+        .map(|utc| FireTime {
+            utc,
+            local: utc.with_timezone(&schedule.tz),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,198 @@
+//! Prune and garbage collection on real repositories: freed space, guard
+//! rails, and a prune that runs while a snapshot is being written.
+
+mod common;
+
+use std::collections::HashSet;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{TimeZone, Utc};
+use common::*;
+use visage_dr::id::SnapshotId;
+use visage_dr::prune::{self, PruneSettings};
+use visage_dr::repository::check::{check, ReadData};
+use visage_dr::repository::gc::collect_garbage;
+use visage_dr::repository::lock::LockKind;
+use visage_dr::repository::manifest::{SnapshotKind, SnapshotStatus, SnapshotSummary};
+use visage_dr::repository::{RepoOptions, Repository};
+use visage_dr::retention::RetentionRules;
+use visage_dr::sources::bucket::{self, SnapshotOptions};
+
+fn opts(server: &S3Server, dir: &tempfile::TempDir, bucket: &str) -> SnapshotOptions {
+    SnapshotOptions { bucket: bucket.into(), prefix: String::new(), s3: server.overrides(dir.path()), concurrency: 4, tags: false, progress: false }
+}
+
+#[tokio::test]
+async fn gc_frees_forgotten_data_and_keeps_the_rest() {
+    let server = match garage() {
+        Some(s) => s,
+        None => return,
+    };
+    for place in repo_places("gc").await {
+        let label = place.name();
+        let dir = tempfile::tempdir().unwrap();
+        let src = server.new_bucket("gc-src").await;
+        for i in 0..8u64 {
+            server.put(&src, &format!("f/{i}"), random_bytes(200_000, i)).await;
+        }
+        let options = RepoOptions { pack_size: 300_000, ..place.options() };
+        let repo = Arc::new(Repository::open_or_init(&place.url(), options.clone()).await.unwrap());
+        let first = bucket::snapshot(repo.clone(), opts(&server, &dir, &src)).await.unwrap();
+        // Replace half of the objects, so some packs become partly used.
+        for i in 0..4u64 {
+            server.put(&src, &format!("f/{i}"), random_bytes(200_000, 1000 + i)).await;
+        }
+        let second = bucket::snapshot(repo.clone(), opts(&server, &dir, &src)).await.unwrap();
+        let before = server.contents(&src).await;
+
+        let forgotten = prune::forget(&repo, &[first.snapshot.clone()], false).await.unwrap();
+        assert_eq!(forgotten, vec![first.snapshot.clone()]);
+        let err = prune::forget(&repo, &[second.snapshot.clone()], false).await.unwrap_err();
+        assert!(err.to_string().contains("--force"), "{label}: {err}");
+
+        // Everything is younger than the default grace period: nothing goes.
+        let lock = repo.lock(LockKind::Exclusive, "gc test").await.unwrap();
+        let young = collect_garbage(&repo, &lock, visage_dr::repository::gc::DEFAULT_GRACE, false).await.unwrap();
+        assert_eq!(young.packs_deleted + young.packs_rewritten, 0, "{label}: {young:?}");
+        assert!(young.young_packs_kept > 0, "{label}");
+
+        let done = collect_garbage(&repo, &lock, Duration::ZERO, false).await.unwrap();
+        lock.release().await.unwrap();
+        assert_eq!(done.blobs_freed, 4, "{label}: {done:?}");
+        assert!(done.bytes_freed >= 4 * 190_000, "{label}: {done:?}");
+        assert_eq!(repo.backend().list("index/").await.unwrap().len(), 1, "{label}: one consolidated index");
+
+        let fresh = Arc::new(Repository::open(&place.url(), options.clone()).await.unwrap());
+        let report = check(&fresh, ReadData::All).await.unwrap();
+        assert!(report.ok(), "{label}: {:?}", report.problems);
+        assert_eq!(report.unindexed_packs, 0, "{label}");
+        let m = fresh.load_manifest(&second.snapshot).await.unwrap();
+        let dst = server.new_bucket("gc-dst").await;
+        bucket::restore(
+            fresh.clone(),
+            &m,
+            bucket::RestoreOptions {
+                to_bucket: dst.clone(),
+                prefix: String::new(),
+                s3: server.overrides(dir.path()),
+                overwrite: false,
+                dry_run: false,
+                concurrency: 4,
+                multipart_threshold: bucket::DEFAULT_MULTIPART_THRESHOLD,
+                part_size: bucket::DEFAULT_PART_SIZE,
+                create_bucket: true,
+                progress: false,
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(server.contents(&dst).await, before, "{label}");
+    }
+}
+
+#[tokio::test]
+async fn prune_during_a_snapshot_loses_nothing() {
+    let server = match garage() {
+        Some(s) => s,
+        None => return,
+    };
+    let place = RepoPlace::Local(tempfile::tempdir().unwrap());
+    let src = server.new_bucket("race-src").await;
+    futures::future::join_all((0..80u64).map(|i| {
+        let (server, src) = (&server, &src);
+        async move { server.put(src, &format!("img/{i:03}"), random_bytes(1024 * 1024, i)).await }
+    }))
+    .await;
+    let repo = place.open().await;
+    let mut args: Vec<String> = vec!["snapshot".into(), "bucket".into()];
+    args.extend(place.cli_args());
+    args.extend(["--bucket", &src, "--pack-size", "1048576", "--concurrency", "2", "--uploads", "1"].iter().map(|s| s.to_string()));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_visage-dr"))
+        .args(&args)
+        .envs(server.env())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while repo.backend().list("data/").await.unwrap().len() < 3 {
+        assert!(Instant::now() < deadline && child.try_wait().unwrap().is_none(), "the snapshot did not start uploading");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The exclusive lock is refused while the snapshot holds its shared lock.
+    let err = repo.lock(LockKind::Exclusive, "prune").await.err().expect("prune must not run beside a snapshot");
+    assert!(err.to_string().contains("snapshot"), "{err}");
+
+    // Even when the snapshot's lock is removed (as if it had gone stale), the
+    // grace period keeps garbage collection away from its fresh packs.
+    for l in repo.backend().list("locks/").await.unwrap() {
+        repo.backend().delete(&l.key).await.unwrap();
+    }
+    let lock = repo.lock(LockKind::Exclusive, "prune").await.unwrap();
+    let gc = collect_garbage(&repo, &lock, visage_dr::repository::gc::DEFAULT_GRACE, false).await.unwrap();
+    lock.release().await.unwrap();
+    assert_eq!(gc.packs_deleted + gc.unindexed_packs_deleted + gc.packs_rewritten, 0, "{gc:?}");
+
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    let fresh = place.open().await;
+    let report = check(&fresh, ReadData::All).await.unwrap();
+    assert!(report.ok(), "{:?}", report.problems);
+    assert_eq!(report.snapshots, 1);
+}
+
+fn summary(source: &str, t: chrono::DateTime<Utc>, ok: bool) -> SnapshotSummary {
+    SnapshotSummary {
+        id: SnapshotId::new(t),
+        kind: SnapshotKind::Bucket,
+        source: source.into(),
+        started: t,
+        time: t,
+        objects: 1,
+        bytes: 1,
+        status: if ok { SnapshotStatus::Complete } else { SnapshotStatus::Failed },
+        parent: None,
+        error: None,
+        labels: Default::default(),
+    }
+}
+
+#[test]
+fn plan_groups_by_source_and_applies_guard_rails() {
+    let days: Vec<_> = (11..=15).map(|d| Utc.with_ymd_and_hms(2026, 6, d, 3, 43, 0).unwrap()).collect();
+    let mut snaps: Vec<SnapshotSummary> = days.iter().map(|t| summary("s3:visage-uploads", *t, true)).collect();
+    snaps.push(summary("s3:visage-uploads", Utc.with_ymd_and_hms(2026, 6, 15, 9, 0, 0).unwrap(), false));
+    snaps.push(summary("s3:other", days[0], true));
+    let rules = RetentionRules { keep_daily: Some(2), ..Default::default() };
+    let rules_for = |s: &str| (s == "s3:visage-uploads").then(|| rules.clone());
+    let now = Utc.with_ymd_and_hms(2026, 6, 15, 12, 0, 0).unwrap();
+    let settings = PruneSettings {
+        rules_for: &rules_for,
+        tz: chrono_tz::UTC,
+        now,
+        max_snapshot_age: Some(chrono::Duration::days(3)),
+        force: false,
+    };
+    // The oldest one passed verification and is kept for that reason.
+    let verified: HashSet<SnapshotId> = [snaps[0].id.clone()].into();
+    let plan = prune::plan(&snaps, &verified, &settings).unwrap();
+    let uploads = plan.sources.iter().find(|s| s.source == "s3:visage-uploads").unwrap();
+    let kept: Vec<_> = uploads.snapshots.iter().filter(|p| p.keep).map(|p| p.time).collect();
+    assert_eq!(kept, vec![days[0], days[3], days[4]]);
+    assert!(uploads.snapshots[0].reasons.iter().any(|r| r == "newest verified"), "{:?}", uploads.snapshots[0].reasons);
+    assert!(uploads.snapshots.iter().any(|p| !p.keep && p.status == SnapshotStatus::Failed && p.reasons == vec!["failed".to_owned()]));
+    let other = plan.sources.iter().find(|s| s.source == "s3:other").unwrap();
+    assert!(other.skipped.is_some() && other.snapshots.iter().all(|p| p.keep));
+
+    // Ten days later without a new good snapshot, pruning is refused.
+    let late = PruneSettings { now: now + chrono::Duration::days(10), ..settings };
+    let plan = prune::plan(&snaps, &HashSet::new(), &late).unwrap();
+    let uploads = plan.sources.iter().find(|s| s.source == "s3:visage-uploads").unwrap();
+    assert!(uploads.skipped.as_deref().unwrap().contains("--force"));
+    assert!(plan.removals().is_empty());
+    let forced = PruneSettings { force: true, ..late };
+    assert_eq!(prune::plan(&snaps, &HashSet::new(), &forced).unwrap().removals().len(), 4);
+}
