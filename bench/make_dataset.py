@@ -10,8 +10,9 @@ objects:
   like a checkpoint shard (compressible only in the exponent bits);
 - annotations/: 2,966 JSON files of 1-8 KiB.
 
-`--mutate N` rewrites N of the existing files (chosen with the seed) with new
-content of the same kind and size class, and prints their relative paths.
+`--mutate N` rewrites N of the existing files (chosen with the seed and
+`--mutate-round`) with new content of the same kind and size class, and
+prints their relative paths.
 
 Standard library only, so it runs wherever Python 3.9+ does.
 """
@@ -106,6 +107,8 @@ def main() -> int:
     parser.add_argument("--annotations", type=int, default=2966)
     parser.add_argument("--mutate", type=int, default=0, metavar="N",
                         help="rewrite N existing files with new content instead of generating the set")
+    parser.add_argument("--mutate-round", type=int, default=1, metavar="R",
+                        help="rounds with different numbers pick different files and content")
     args = parser.parse_args()
 
     files = layout(args)
@@ -113,8 +116,8 @@ def main() -> int:
     table = fp16_high_byte_table(random.Random(args.seed), 0.02)
 
     if args.mutate:
-        # A different stream from the generation seed, so new content differs.
-        rng = random.Random(args.seed + 1)
+        # A stream apart from the generation streams, so new content differs.
+        rng = random.Random(f"{args.seed}/mutate/{args.mutate_round}")
         for rel, kind, index in sorted(rng.sample(files, args.mutate)):
             write(os.path.join(args.dir, rel), content(kind, index, rng, table, tensor_size))
             print(rel)

@@ -14,6 +14,7 @@
 pub mod cli;
 pub mod id;
 pub mod postgres;
+pub mod policy;
 pub mod progress;
 pub mod prune;
 pub mod repository;

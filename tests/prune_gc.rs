@@ -196,3 +196,81 @@ fn plan_groups_by_source_and_applies_guard_rails() {
     let forced = PruneSettings { force: true, ..late };
     assert_eq!(prune::plan(&snaps, &HashSet::new(), &forced).unwrap().removals().len(), 4);
 }
+
+#[tokio::test]
+async fn prune_command_plans_then_deletes() {
+    let server = match garage() {
+        Some(s) => s,
+        None => return,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let repo_url = format!("file://{}", dir.path().join("repo").display());
+    let src = server.new_bucket("prune-cli").await;
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "repository:\n  url: {repo_url}\nsource_s3:\n  endpoint: {}\nbuckets:\n  - name: uploads\n    bucket: {src}\n    schedule: \"0 */6 * * *\"\n    retention:\n      keep_last: 1\nprune:\n  schedule: \"30 3 * * *\"\n  gc_grace: 0s\n",
+            server.endpoint
+        ),
+    )
+    .unwrap();
+    let env = server.env();
+    for i in 0..3u64 {
+        server.put(&src, "photo.jpg", random_bytes(50_000, i)).await;
+        let out = visage_dr(&["snapshot", "bucket", "--repo", &repo_url, "--bucket", &src], &env);
+        assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    }
+    let policy_arg = policy.to_str().unwrap();
+    let out = visage_dr(&["prune", "--policy", policy_arg], &env);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(stdout.matches("remove").count(), 2 + 1, "{stdout}");
+    assert!(stdout.contains("nothing was deleted"), "{stdout}");
+    let listed = |env: &Vec<(&'static str, String)>| {
+        let out = visage_dr(&["snapshots", "--repo", &repo_url, "--json"], env);
+        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap().len()
+    };
+    assert_eq!(listed(&env), 3);
+
+    let out = visage_dr(&["prune", "--policy", policy_arg, "--confirm", "--json"], &env);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let result: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(result["result"]["snapshots_removed"].as_array().unwrap().len(), 2);
+    assert_eq!(result["result"]["gc"]["blobs_freed"], 2);
+    assert_eq!(listed(&env), 1);
+    let out = visage_dr(&["check", "--repo", &repo_url, "--read-data"], &env);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+
+    // An invalid policy is a configuration error.
+    std::fs::write(&policy, "repository:\n  url: file:///tmp/x\nbuckets:\n  - name: a\n    bucket: b-b-b\n    retention: {keep_dayly: 2}\n").unwrap();
+    let out = visage_dr(&["prune", "--policy", policy_arg], &env);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("keep_daily") && stderr.contains(":6:"), "{stderr}");
+}
+
+#[test]
+fn retention_simulate_prints_reasons() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("p.yaml");
+    std::fs::write(
+        &policy,
+        "repository:\n  url: file:///var/lib/visage-dr/repo\nbuckets:\n  - name: uploads\n    bucket: visage-uploads\n    retention: {keep_daily: 2}\n",
+    )
+    .unwrap();
+    let list = dir.path().join("snaps.txt");
+    std::fs::write(&list, (11..=15).map(|d| format!("2026-06-{d}T03:43:00Z\n")).collect::<String>()).unwrap();
+    let out = visage_dr(
+        &["retention", "simulate", "--policy", policy.to_str().unwrap(), "--source", "s3:visage-uploads", "--snapshots", list.to_str().unwrap(), "--json"],
+        &[],
+    );
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
+    let actions: Vec<&str> = rows.iter().map(|r| r["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, vec!["remove", "remove", "remove", "keep", "keep"]);
+    assert_eq!(rows[4]["reasons"][0], "daily 2026-06-15");
+    assert_eq!(rows[0]["time"], "2026-06-11T03:43:00Z");
+}

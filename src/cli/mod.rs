@@ -7,6 +7,8 @@
 //! - 2: invalid usage or configuration, found before any work started.
 
 mod error;
+mod policy;
+mod prune;
 mod repo;
 
 use std::process::ExitCode;
@@ -62,6 +64,28 @@ pub enum Command {
     Check(repo::CheckArgs),
     /// Remove stale repository locks (or all locks with --all) and say whose they were.
     Unlock(repo::UnlockArgs),
+    /// Apply the policy's retention rules: print keep or remove with the reasons for every snapshot, and with --confirm delete and collect garbage.
+    Prune(prune::PruneArgs),
+    /// Remove named snapshots; their data is freed by the next prune.
+    Forget(prune::ForgetArgs),
+    /// Validate policy files and show when their schedules fire.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Try retention rules on a list of snapshot times.
+    #[command(subcommand)]
+    Retention(RetentionCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate policy files and print the next three fire times of every schedule.
+    Check(policy::PolicyCheckArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RetentionCommand {
+    /// Apply a policy source's retention rules to snapshot times read from a file, and print keep or remove with the reasons.
+    Simulate(policy::RetentionSimulateArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -161,6 +185,7 @@ fn init_logging(format: LogFormat, filter: &str) -> Result<(), CliError> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
     match format {
         LogFormat::Text => builder.compact().init(),
@@ -207,5 +232,9 @@ async fn run(command: Command) -> Result<ExitCode, CliError> {
         Command::Diff(a) => repo::diff(a).await,
         Command::Check(a) => repo::check(a).await,
         Command::Unlock(a) => repo::unlock(a).await,
+        Command::Prune(a) => prune::prune(a).await,
+        Command::Forget(a) => prune::forget(a).await,
+        Command::Policy(PolicyCommand::Check(a)) => policy::policy_check(a).await,
+        Command::Retention(RetentionCommand::Simulate(a)) => policy::retention_simulate(a).await,
     }
 }

@@ -24,7 +24,11 @@ pub struct Diagnostic {
 impl fmt::Display for Diagnostic {
     /// Prints `file:line:column: message`, the form compilers and editors recognise.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.column, self.message
+        )
     }
 }
 
@@ -37,7 +41,7 @@ pub enum PolicyError {
         #[source]
         source: std::io::Error,
     },
-    /// The file is not a valid policy. `problems` holds at least one entry.
+    /// The file is not a valid policy. `problems` contains at least one entry.
     #[error("{}", join_lines(problems))]
     Invalid { problems: Vec<Diagnostic> },
 }
@@ -193,9 +197,16 @@ pub(crate) fn is_secret_name(field: &str) -> bool {
     if lower.ends_with("_file") {
         return false;
     }
-    ["password", "passwd", "secret", "token", "private_key", "api_key"]
-        .iter()
-        .any(|word| lower.contains(word))
+    [
+        "password",
+        "passwd",
+        "secret",
+        "token",
+        "private_key",
+        "api_key",
+    ]
+    .iter()
+    .any(|word| lower.contains(word))
         || lower == "access_key_id"
         || lower == "access_key"
 }
@@ -233,15 +244,15 @@ fn unknown_field_message(field: &str, expected: &[&str]) -> String {
 
 fn secret_field_message(field: &str, expected: &[&str]) -> String {
     let file_field = format!("{field}_file");
-    let mut message = format!(
-        "`{field}` is not allowed: policy files never contain credentials. "
-    );
+    let mut message = format!("`{field}` is not allowed: policy files never contain credentials. ");
     if expected.contains(&file_field.as_str()) {
         message.push_str(&format!(
             "Write `{file_field}` with the path of a file that contains the value"
         ));
     } else {
-        message.push_str("Use the matching `*_file` field with the path of a file that contains the value");
+        message.push_str(
+            "Use the matching `*_file` field with the path of a file that contains the value",
+        );
     }
     match secret_environment_variable(field) {
         Some(variable) => message.push_str(&format!(", or set {variable} in the environment")),
@@ -282,7 +293,10 @@ mod tests {
     #[test]
     fn unknown_field_suggests_nearest() {
         let message = unknown_field_message("keep_dayly", &["keep_daily", "keep_weekly"]);
-        assert_eq!(message, "unknown field `keep_dayly`, did you mean `keep_daily`?");
+        assert_eq!(
+            message,
+            "unknown field `keep_dayly`, did you mean `keep_daily`?"
+        );
     }
 
     #[test]
@@ -319,10 +333,8 @@ mod tests {
 
     #[test]
     fn secret_field_names_file_form() {
-        let message = unknown_field_message(
-            "secret_access_key",
-            &["endpoint", "secret_access_key_file"],
-        );
+        let message =
+            unknown_field_message("secret_access_key", &["endpoint", "secret_access_key_file"]);
         assert_eq!(
             message,
             "`secret_access_key` is not allowed: policy files never contain credentials. Write \

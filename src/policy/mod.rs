@@ -92,7 +92,7 @@ pub struct ParsedPolicy {
     pub warnings: Vec<Diagnostic>,
 }
 
-/// Where snapshots are stored.
+/// The snapshot repository and how to reach it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Repository {
     /// `s3://bucket/prefix` or `file:///absolute/path`.
@@ -142,7 +142,6 @@ impl S3Options {
     }
 
     /// Converts to the settings the S3 client takes.
-    #[cfg(not(scratch))]
     pub fn to_overrides(&self) -> crate::s3::S3Overrides {
         crate::s3::S3Overrides {
             endpoint: self.endpoint.clone(),
@@ -342,9 +341,7 @@ impl FromStr for Expectation {
         let (operator, rest) = Comparison::ALL
             .iter()
             .find_map(|(symbol, operator)| {
-                trimmed
-                    .strip_prefix(symbol)
-                    .map(|rest| (*operator, rest))
+                trimmed.strip_prefix(symbol).map(|rest| (*operator, rest))
             })
             .unwrap_or((Comparison::Equal, trimmed));
         let value: f64 = rest
@@ -470,8 +467,7 @@ impl Policy {
             .strip_prefix(CHECKPOINTS_PREFIX)
             .is_some_and(|job| !job.is_empty());
         self.sources().into_iter().find(|source| {
-            source.id == source_id
-                || (source.kind == SourceKind::Checkpoints && is_checkpoint_job)
+            source.id == source_id || (source.kind == SourceKind::Checkpoints && is_checkpoint_job)
         })
     }
 
