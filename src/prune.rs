@@ -58,7 +58,7 @@ pub struct PlannedSnapshot {
     pub time: DateTime<Utc>,
     pub status: SnapshotStatus,
     pub keep: bool,
-    /// Why it is kept (`daily 2026-06-14`, `newest verified`) or removed (`failed`).
+    /// Reasons for keeping it (`daily 2026-06-14`, `newest verified`) or removing it (`failed`).
     pub reasons: Vec<String>,
 }
 
@@ -71,7 +71,7 @@ pub struct SourcePlan {
     pub snapshots: Vec<PlannedSnapshot>,
 }
 
-/// What prune keeps and removes, per source.
+/// Snapshots that prune keeps and removes, per source.
 #[derive(Debug, Clone, Serialize)]
 pub struct PrunePlan {
     pub sources: Vec<SourcePlan>,
@@ -169,7 +169,7 @@ pub fn plan(
     Ok(PrunePlan { sources })
 }
 
-/// What a confirmed prune did.
+/// Result of a confirmed prune.
 #[derive(Debug, Clone, Serialize)]
 pub struct PruneReport {
     pub snapshots_removed: Vec<SnapshotId>,

@@ -1,5 +1,5 @@
-//! Crash safety and damage detection: a snapshot killed with SIGKILL leaves
-//! no visible snapshot and a consistent repository; `check` finds and names
+//! Crash safety and damage detection. A snapshot killed with SIGKILL leaves
+//! no visible snapshot and a consistent repository. `check` finds and names
 //! damaged packs, and the next snapshot repairs them.
 
 mod common;
@@ -163,7 +163,8 @@ async fn check_names_damage_and_snapshot_repairs_it() {
         for key in [empty, truncated, missing, flipped] {
             assert!(stdout.contains(key.as_str()), "{label}: {key} not named in {stdout}");
         }
-        assert!(stdout.contains("bad-content") && stdout.contains("expected sha256"), "{label}: {stdout}");
+        assert!(stdout.contains("bad-content"), "{label}: {stdout}");
+        assert!(stdout.contains("expected sha256"), "{label}: {stdout}");
         assert!(stdout.contains(&snap_id), "{label}: {stdout}");
 
         // The next snapshot meets the same content and stores it again.
@@ -237,18 +238,22 @@ async fn cli_lists_snapshots_objects_and_diffs() {
         assert_eq!(s["source"], format!("s3:{src}"));
         assert_eq!(s["status"], "complete");
         let time = s["time"].as_str().unwrap();
-        assert!(time.ends_with('Z') && chrono::DateTime::parse_from_rfc3339(time).is_ok(), "{time}");
+        assert!(time.ends_with('Z'), "{time}");
+        assert!(chrono::DateTime::parse_from_rfc3339(time).is_ok(), "{time}");
     }
     assert_eq!(list[0]["id"], a);
     assert_eq!(list[1]["objects"], 3);
 
     let out = visage_dr(&["snapshots", "--repo", &repo], &env);
     let (table, _) = text(&out);
-    assert!(table.starts_with("ID") && table.contains(&a) && table.contains("complete"), "{table}");
+    assert!(table.starts_with("ID"), "{table}");
+    assert!(table.contains(&a), "{table}");
+    assert!(table.contains("complete"), "{table}");
 
     let out = visage_dr(&["ls", "--repo", &repo, &b, "--prefix", "run 1/"], &env);
     let (listing, _) = text(&out);
-    assert!(listing.contains("run 1/step+100.pt") && !listing.contains("keep"), "{listing}");
+    assert!(listing.contains("run 1/step+100.pt"), "{listing}");
+    assert!(!listing.contains("keep"), "{listing}");
 
     let out = visage_dr(&["diff", "--repo", &repo, &a, &b, "--json"], &env);
     let d: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -267,7 +272,8 @@ async fn cli_lists_snapshots_objects_and_diffs() {
     let out = visage_dr(&["restore", "bucket", "--repo", &repo, "--target-time", &now, "--to-bucket", &dst], &env);
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
-    assert!(stderr.contains(&b) && stderr.contains("before the target"), "{stderr}");
+    assert!(stderr.contains(&b), "{stderr}");
+    assert!(stderr.contains("before the target"), "{stderr}");
     assert!(stdout.contains("restored 3 of 3 objects"), "{stdout}");
     let out = visage_dr(&["restore", "bucket", "--repo", &repo, "--target-time", "2026-01-15 10:00:00", "--to-bucket", &dst], &env);
     assert_eq!(out.status.code(), Some(2), "{:?}", text(&out));
@@ -290,6 +296,7 @@ async fn unlock_removes_stale_locks_and_names_them() {
     let out = visage_dr(&["unlock", "--repo", &url], &[]);
     let (stdout, _) = text(&out);
     assert_eq!(out.status.code(), Some(0));
-    assert!(stdout.contains("visage-dr-29471040-abcde") && stdout.contains("prune"), "{stdout}");
+    assert!(stdout.contains("visage-dr-29471040-abcde"), "{stdout}");
+    assert!(stdout.contains("prune"), "{stdout}");
     assert_eq!(std::fs::read_dir(&path).unwrap().count(), 0);
 }

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use visage_dr::sources::bucket::{self, SnapshotOptions};
 
-/// The first `sh` block after the manual-restore heading of the design doc.
+/// Returns the first `sh` block after the manual-restore heading of the design doc.
 fn documented_procedure() -> String {
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/design.md")).unwrap();
     let section = doc.split("## Manual restore without visage-dr").nth(1).expect("the design doc has the manual-restore section");

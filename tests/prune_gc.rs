@@ -118,7 +118,8 @@ async fn prune_during_a_snapshot_loses_nothing() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while repo.backend().list("data/").await.unwrap().len() < 3 {
-        assert!(Instant::now() < deadline && child.try_wait().unwrap().is_none(), "the snapshot did not start uploading");
+        assert!(Instant::now() < deadline, "the snapshot did not start uploading");
+        assert!(child.try_wait().unwrap().is_none(), "the snapshot ended before it uploaded three packs");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
@@ -248,7 +249,8 @@ async fn prune_command_plans_then_deletes() {
     let out = visage_dr(&["prune", "--policy", policy_arg], &env);
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("keep_daily") && stderr.contains(":6:"), "{stderr}");
+    assert!(stderr.contains("keep_daily"), "{stderr}");
+    assert!(stderr.contains(":6:"), "{stderr}");
 }
 
 #[test]

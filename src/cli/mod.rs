@@ -62,7 +62,7 @@ pub enum Command {
     Diff(repo::DiffArgs),
     /// Check a repository: every blob a snapshot needs is stored with the right size, and with --read-data the right content.
     Check(repo::CheckArgs),
-    /// Remove stale repository locks (or all locks with --all) and say whose they were.
+    /// Remove stale repository locks (or all locks with --all) and print whose they were.
     Unlock(repo::UnlockArgs),
     /// Apply the policy's retention rules: print keep or remove with the reasons for every snapshot, and with --confirm delete and collect garbage.
     Prune(prune::PruneArgs),
@@ -106,7 +106,7 @@ pub enum RestoreCommand {
     Bucket(repo::RestoreBucketArgs),
 }
 
-/// Where the repository is and how to reach it.
+/// Repository location and the S3 settings to reach it.
 #[derive(Debug, Clone, Args)]
 pub struct RepoArgs {
     /// Repository URL: `s3://bucket/prefix` or `file:///absolute/path`.

@@ -24,7 +24,7 @@ use crate::id::{BlobId, IndexId, PackId};
 /// takes between uploading a pack and indexing it.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(3600);
 
-/// What garbage collection did (or, in a dry run, would do).
+/// Result of garbage collection (in a dry run, what it would do).
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct GcReport {
     pub dry_run: bool,

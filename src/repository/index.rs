@@ -37,7 +37,7 @@ pub struct BlobEntry {
     pub raw_length: u64,
 }
 
-/// Where one copy of a blob is stored.
+/// Location of one stored copy of a blob.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlobLocation {
     pub pack: PackId,
@@ -52,7 +52,7 @@ pub struct BlobLocation {
 pub struct MasterIndex {
     blobs: HashMap<BlobId, Vec<BlobLocation>>,
     packs: HashMap<PackId, u64>,
-    /// Which index files list each pack.
+    /// Index files that list each pack.
     pack_indexes: HashMap<PackId, Vec<IndexId>>,
     damaged: HashSet<(PackId, BlobId)>,
 }
@@ -112,7 +112,7 @@ impl MasterIndex {
             .unwrap_or_default()
     }
 
-    /// Every listed copy of `blob`, damaged ones included.
+    /// Returns every listed copy of `blob`, damaged ones included.
     pub fn all_locations(&self, blob: &BlobId) -> &[BlobLocation] {
         self.blobs.get(blob).map(Vec::as_slice).unwrap_or(&[])
     }

@@ -62,7 +62,7 @@ pub enum RepoError {
     Lock(#[from] lock::LockError),
 }
 
-/// Where a repository lives.
+/// Location of a repository.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RepoUrl {
     /// `file:///absolute/path`
@@ -271,7 +271,7 @@ impl Repository {
         Ok(repo)
     }
 
-    /// Opens the repository, initialising it first when `url` holds none.
+    /// Opens the repository, initialising it first when `url` contains none.
     pub async fn open_or_init(url: &RepoUrl, options: RepoOptions) -> Result<Repository, RepoError> {
         match Self::open(url, options.clone()).await {
             Err(RepoError::NotInitialised { .. }) => Self::init(url, options).await,
@@ -403,7 +403,7 @@ impl Repository {
         Ok(ids)
     }
 
-    /// Every manifest, sorted by id.
+    /// Loads every manifest, sorted by id.
     pub async fn load_manifests(&self) -> Result<Vec<Manifest>, RepoError> {
         let ids = self.snapshot_ids().await?;
         let mut out = Vec::with_capacity(ids.len());
@@ -444,7 +444,7 @@ impl Repository {
         .await?)
     }
 
-    /// A writer that packs new blobs into this repository.
+    /// Creates a writer that packs new blobs into this repository.
     pub fn pack_writer(self: &Arc<Self>) -> Arc<pack::PackWriter> {
         Arc::new(pack::PackWriter::new(self.clone()))
     }

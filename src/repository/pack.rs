@@ -27,7 +27,7 @@ pub const DEFAULT_PACK_SIZE: usize = 16 * 1024 * 1024;
 /// most of its uploads indexed for the next run to reuse.
 pub const INDEX_FLUSH_PACKS: usize = 16;
 
-/// The key of a pack.
+/// Returns the key of a pack.
 pub fn pack_key(id: &PackId) -> String {
     let hex = id.to_hex();
     format!("data/{}/{}", &hex[..2], hex)
@@ -284,7 +284,7 @@ async fn upload_pack(repo: &Repository, pack: OpenPack, stats: &WriteStats) -> R
         None => return Err(BackendError::NotFound { key }.into()),
     }
     // A pack is named by its content, so a damaged pack written again with
-    // the same id now holds verified bytes: its damage records are void.
+    // the same id now contains verified bytes and its damage records are void.
     let repaired = repo.with_index_mut(|i| i.clear_damaged(id));
     for blob in repaired {
         repo.backend().delete(&format!("damaged/{id}-{blob}")).await?;

@@ -94,7 +94,7 @@ pub struct SnapshotStats {
     pub seconds: f64,
 }
 
-/// The source identity of a bucket.
+/// Returns the source identity of a bucket.
 pub fn source_id(bucket: &str) -> String {
     format!("s3:{bucket}")
 }
@@ -486,7 +486,7 @@ pub struct RestoreOptions {
     pub progress: bool,
 }
 
-/// What a restore did or, in a dry run, would do.
+/// Result of a restore (in a dry run, what it would do).
 #[derive(Debug, Clone, Serialize)]
 pub struct RestoreReport {
     pub snapshot: SnapshotId,
