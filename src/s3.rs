@@ -8,6 +8,9 @@
 //! policy settings override each of them separately for the source bucket and for
 //! the repository, which may live on different servers.
 //!
+//! `AWS_REQUEST_CHECKSUM_CALCULATION=when_supported` turns on request checksums
+//! for every upload; the default, `when_required`, suits Garage and older MinIO.
+//!
 //! No instance-metadata endpoint is ever contacted: credentials come only from the
 //! places above.
 
@@ -114,6 +117,9 @@ pub struct S3Settings {
     secret_access_key: String,
     session_token: Option<String>,
     pub path_style: bool,
+    /// Compute request checksums for every upload (`when_supported`) or only
+    /// where an operation requires one (`when_required`, the default).
+    pub checksums_when_supported: bool,
 }
 
 impl std::fmt::Debug for S3Settings {
@@ -124,6 +130,7 @@ impl std::fmt::Debug for S3Settings {
             .field("access_key_id", &self.access_key_id)
             .field("secret_access_key", &"<redacted>")
             .field("path_style", &self.path_style)
+            .field("checksums_when_supported", &self.checksums_when_supported)
             .finish()
     }
 }
@@ -216,6 +223,18 @@ impl S3Settings {
                 }
             },
         };
+        let checksums_when_supported = match env_nonempty("AWS_REQUEST_CHECKSUM_CALCULATION").as_deref() {
+            None | Some("when_required") | Some("WHEN_REQUIRED") => false,
+            Some("when_supported") | Some("WHEN_SUPPORTED") => true,
+            Some(other) => {
+                return Err(S3Error::InvalidEndpoint {
+                    endpoint: endpoint.clone().unwrap_or_default(),
+                    reason: format!(
+                        "AWS_REQUEST_CHECKSUM_CALCULATION is {other:?}; use when_required (the default, which Garage and older MinIO accept) or when_supported"
+                    ),
+                })
+            }
+        };
         Ok(Self {
             endpoint,
             region,
@@ -223,6 +242,7 @@ impl S3Settings {
             secret_access_key: secret,
             session_token: token,
             path_style: overrides.path_style.unwrap_or(true),
+            checksums_when_supported,
         })
     }
 
@@ -233,8 +253,8 @@ impl S3Settings {
             .unwrap_or_else(|| format!("the AWS S3 endpoint of region {}", self.region))
     }
 
-    /// Builds a client. Request checksums are computed only when an operation
-    /// requires them: Garage and older MinIO reject the SDK's default
+    /// Builds a client. By default request checksums are computed only when
+    /// an operation requires them: Garage and older MinIO reject the SDK's
     /// aws-chunked uploads with a trailing checksum over plain HTTP.
     pub fn client(&self) -> aws_sdk_s3::Client {
         let creds = Credentials::new(
@@ -249,7 +269,11 @@ impl S3Settings {
             .region(Region::new(self.region.clone()))
             .credentials_provider(creds)
             .force_path_style(self.path_style)
-            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .request_checksum_calculation(if self.checksums_when_supported {
+                RequestChecksumCalculation::WhenSupported
+            } else {
+                RequestChecksumCalculation::WhenRequired
+            })
             .retry_config(
                 RetryConfig::standard()
                     .with_max_attempts(MAX_ATTEMPTS)
@@ -371,6 +395,7 @@ mod tests {
             secret_access_key: "very-secret-value".into(),
             session_token: None,
             path_style: true,
+            checksums_when_supported: false,
         };
         let text = format!("{s:?}");
         assert!(!text.contains("very-secret-value"));

@@ -160,6 +160,9 @@ pub struct UnlockArgs {
     /// Remove every lock, not only stale ones. Only safe when no visage-dr process uses the repository.
     #[arg(long)]
     pub all: bool,
+    /// Print the removed locks as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 fn parse_url(args: &RepoArgs) -> Result<RepoUrl, CliError> {
@@ -470,6 +473,10 @@ pub async fn unlock(a: UnlockArgs) -> Result<ExitCode, CliError> {
     let url = parse_url(&a.repo)?;
     let backend = crate::repository::open_backend(&url, &options(&a.repo))?;
     let removed = lock::remove_locks(&backend, a.all, lock::STALE_AFTER).await?;
+    if a.json {
+        print_json(&removed);
+        return Ok(ExitCode::SUCCESS);
+    }
     if removed.is_empty() {
         println!("no {}locks to remove", if a.all { "" } else { "stale " });
     }
