@@ -7,6 +7,7 @@
 //! - 2: invalid usage or configuration, found before any work started.
 
 mod error;
+mod postgres;
 mod repo;
 
 use std::process::ExitCode;
@@ -49,6 +50,9 @@ pub enum Command {
     /// Take a snapshot of a source into a repository.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Take a backup with a component's own tool, such as a PostgreSQL base backup.
+    #[command(subcommand)]
+    Backup(BackupCommand),
     /// Restore a component from a repository.
     #[command(subcommand)]
     Restore(RestoreCommand),
@@ -62,6 +66,21 @@ pub enum Command {
     Check(repo::CheckArgs),
     /// Remove stale repository locks (or all locks with --all) and say whose they were.
     Unlock(repo::UnlockArgs),
+    /// Inspect PostgreSQL archives.
+    #[command(subcommand)]
+    Postgres(PostgresCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Take a PostgreSQL base backup with barman-cloud-backup (driver `local`).
+    Postgres(postgres::BackupArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PostgresCommand {
+    /// Show each database's base backups, recoverable window and WAL gaps, read from its barman-cloud archive.
+    Window(postgres::WindowArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -80,6 +99,7 @@ pub enum SnapshotCommand {
 pub enum RestoreCommand {
     /// Write the objects of a bucket snapshot into a bucket.
     Bucket(repo::RestoreBucketArgs),
+    Postgres(postgres::RestoreArgs),
 }
 
 /// Where the repository is and how to reach it.
@@ -207,5 +227,8 @@ async fn run(command: Command) -> Result<ExitCode, CliError> {
         Command::Diff(a) => repo::diff(a).await,
         Command::Check(a) => repo::check(a).await,
         Command::Unlock(a) => repo::unlock(a).await,
+        Command::Backup(BackupCommand::Postgres(a)) => postgres::backup(a).await,
+        Command::Restore(RestoreCommand::Postgres(a)) => postgres::restore(a).await,
+        Command::Postgres(PostgresCommand::Window(a)) => postgres::window(a).await,
     }
 }
