@@ -53,7 +53,7 @@ pub enum Command {
     /// Take a backup with a component's own tool, such as a PostgreSQL base backup.
     #[command(subcommand)]
     Backup(BackupCommand),
-    /// Restore a component from a repository.
+    /// Restore a component: a bucket from a repository, or PostgreSQL from its barman-cloud archive.
     #[command(subcommand)]
     Restore(RestoreCommand),
     /// List the snapshots of a repository.
@@ -95,6 +95,8 @@ pub enum SnapshotCommand {
     Bucket(repo::SnapshotBucketArgs),
 }
 
+// Parsed once per run, so the size difference between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum RestoreCommand {
     /// Write the objects of a bucket snapshot into a bucket.

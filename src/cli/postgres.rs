@@ -41,7 +41,7 @@ pub struct BackupArgs {
 /// Restore a database to a point in time into a new local PostgreSQL instance.
 ///
 /// By default the restored instance keeps running after visage-dr exits, on 127.0.0.1 and a
-/// Unix socket in the --into directory; visage-dr prints how to connect and the exact command
+/// Unix socket in the --into directory. visage-dr prints how to connect and the exact command
 /// that stops it (`pg_ctl stop -m fast -D DIR/data`, run as the OS user that owns DIR).
 /// Use --stop to stop it once recovery has completed and keep only the data directory.
 #[derive(Debug, Args)]

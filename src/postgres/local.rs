@@ -111,7 +111,7 @@ pub enum LocalError {
     Plan(#[from] PlanError),
 }
 
-/// Where the barman-cloud commands and the PostgreSQL server binaries are.
+/// Locations of the barman-cloud commands and the PostgreSQL server binaries.
 #[derive(Debug, Clone)]
 pub struct Tools {
     /// Directory of `barman-cloud-backup`, `barman-cloud-restore` and `barman-cloud-wal-restore`.
@@ -196,7 +196,7 @@ impl OsUser {
         Ok(OsUser { name: name.to_string(), uid: entry.pw_uid, gid: entry.pw_gid, home: PathBuf::from(home) })
     }
 
-    /// The user that PostgreSQL processes run as: `VISAGE_DR_PG_OS_USER` (default
+    /// Returns the user that PostgreSQL processes run as: `VISAGE_DR_PG_OS_USER` (default
     /// [`DEFAULT_OS_USER`]) when visage-dr runs as root, and `None` (this process's own
     /// user) otherwise.
     pub fn for_postgres() -> Result<Option<OsUser>, LocalError> {
@@ -420,7 +420,7 @@ fn fill_from_catalogue(record: &mut BackupRecord, catalogue: &Catalogue, backup_
     }
 }
 
-/// What a restore asks for.
+/// Parameters of a restore.
 #[derive(Debug, Clone)]
 pub struct RestoreRequest {
     pub target: TargetTime,
@@ -459,7 +459,7 @@ pub struct RestorePlan {
 }
 
 impl RestorePlan {
-    /// The settings block as appended to `postgresql.auto.conf`.
+    /// Formats the settings block as appended to `postgresql.auto.conf`.
     pub fn settings_text(&self) -> String {
         let mut text = format!(
             "\n# Recovery settings written by visage-dr for a restore of {} to {}.\n",
@@ -778,7 +778,7 @@ fn write_recovery_files(plan: &RestorePlan, user: Option<&OsUser>) -> Result<(),
     chown(&signal, user)
 }
 
-/// Whether the instance has left recovery: `Some(true)` once `pg_is_in_recovery()` is false,
+/// Checks whether the instance has left recovery: `Some(true)` once `pg_is_in_recovery()` is false,
 /// `Some(false)` while it is still in recovery, `None` while it does not accept connections.
 async fn promoted(instance: &RestoredInstance, password: Option<&str>) -> Option<bool> {
     let mut config = tokio_postgres::Config::new();
@@ -842,7 +842,7 @@ async fn wait_for_promotion(
 
 /// Extracts PostgreSQL's reason for exiting from its log: the first `FATAL` or `PANIC`
 /// message, with the `DETAIL` and `HINT` lines after it. When recovery ran out of WAL, the
-/// time of the last replayed transaction is added, because it tells which target would work.
+/// time of the last replayed transaction is added, because it shows which target would work.
 ///
 /// NOTE: this matches English severity words, so a server with a translated `lc_messages`
 /// yields `None` and the caller falls back to the last log lines.

@@ -22,7 +22,7 @@ pub enum RunStatus {
     Failed,
 }
 
-/// What one backup run of one database did.
+/// Record of one backup run of one database.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BackupRecord {
     pub version: u32,

@@ -22,8 +22,8 @@ pub fn barman_bin() -> PathBuf {
     PathBuf::from(tools).join("venv-barman/bin")
 }
 
-/// Whether PostgreSQL, barman-cloud and the `postgres` OS user are present. Outside CI a
-/// missing piece skips the test with a note; in CI it fails.
+/// Checks that PostgreSQL, barman-cloud and the `postgres` OS user are present. Outside CI a
+/// missing piece skips the test with a note, and in CI it fails the test.
 pub fn tools_present() -> bool {
     let missing: Vec<String> = [
         Path::new(PG_BIN).join("initdb"),
@@ -44,7 +44,7 @@ pub fn tools_present() -> bool {
     false
 }
 
-/// A temporary directory that the `postgres` user can enter, and that it owns.
+/// Creates a temporary directory that the `postgres` user owns and can enter.
 pub fn postgres_dir(user: &OsUser) -> tempfile::TempDir {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::Builder::new().prefix("vdr-pg-").tempdir_in("/tmp").unwrap();
