@@ -83,7 +83,7 @@ def make_handler(upstream_port: int, counts: Counts):
             for k, v in headers.items():
                 conn.putheader(k, v)
             if chunked:
-                # Rare for S3 clients; buffer the body and send it with a length.
+                # S3 clients rarely send chunked bodies, so buffering one is cheap enough.
                 body = self.read_chunked()
                 conn.putheader("Content-Length", str(len(body)))
                 conn.endheaders()

@@ -16,7 +16,7 @@ async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let bucket = args
         .next()
-        .ok_or_else(|| anyhow::anyhow!("missing bucket name; usage: list_walk BUCKET [PREFIX]"))?;
+        .ok_or_else(|| anyhow::anyhow!("missing bucket name. Usage: list_walk BUCKET [PREFIX]"))?;
     let prefix = args.next().unwrap_or_default();
 
     let settings = S3Settings::resolve("source", &S3Overrides::default())?;

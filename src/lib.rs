@@ -9,6 +9,8 @@
 //! - [`s3`]: S3 client settings shared by the repository backend and the
 //!   bucket source.
 //! - [`sources`]: what gets backed up: S3 buckets (snapshot and restore).
+//! - [`postgres`]: PostgreSQL point-in-time recovery over a barman-cloud archive
+//!   (`docs/postgres.md`).
 //! - [`cli`]: the `visage-dr` command line, its error type and exit codes.
 
 pub mod cli;
@@ -21,5 +23,6 @@ pub mod repository;
 pub mod retention;
 pub mod s3;
 pub mod schedule;
+pub mod scheduler;
 pub mod sources;
 pub mod units;

@@ -246,6 +246,21 @@ impl S3Settings {
         })
     }
 
+    /// Environment variables that give a child process, such as a barman-cloud command, these
+    /// credentials and region. The values include the secret: never log them.
+    pub fn credential_env(&self) -> Vec<(&'static str, String)> {
+        let mut env = vec![
+            ("AWS_ACCESS_KEY_ID", self.access_key_id.clone()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret_access_key.clone()),
+            ("AWS_DEFAULT_REGION", self.region.clone()),
+            ("AWS_REGION", self.region.clone()),
+        ];
+        if let Some(token) = &self.session_token {
+            env.push(("AWS_SESSION_TOKEN", token.clone()));
+        }
+        env
+    }
+
     /// The endpoint as shown in messages.
     pub fn endpoint_display(&self) -> String {
         self.endpoint

@@ -9,6 +9,7 @@
 mod error;
 mod policy;
 mod prune;
+mod postgres;
 mod repo;
 
 use std::process::ExitCode;
@@ -51,7 +52,10 @@ pub enum Command {
     /// Take a snapshot of a source into a repository.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
-    /// Restore a component from a repository.
+    /// Take a backup with a component's own tool, such as a PostgreSQL base backup.
+    #[command(subcommand)]
+    Backup(BackupCommand),
+    /// Restore a component: a bucket from a repository, or PostgreSQL from its barman-cloud archive.
     #[command(subcommand)]
     Restore(RestoreCommand),
     /// List the snapshots of a repository.
@@ -74,6 +78,9 @@ pub enum Command {
     /// Try retention rules on a list of snapshot times.
     #[command(subcommand)]
     Retention(RetentionCommand),
+    /// Inspect PostgreSQL archives.
+    #[command(subcommand)]
+    Postgres(PostgresCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -89,6 +96,18 @@ pub enum RetentionCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Take a PostgreSQL base backup with barman-cloud-backup (driver `local`).
+    Postgres(postgres::BackupArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PostgresCommand {
+    /// Show each database's base backups, recoverable window and WAL gaps, read from its barman-cloud archive.
+    Window(postgres::WindowArgs),
+}
+
+#[derive(Debug, Subcommand)]
 pub enum RepoCommand {
     /// Create an empty repository. Snapshots also create one on first write.
     Init(repo::InitArgs),
@@ -100,10 +119,13 @@ pub enum SnapshotCommand {
     Bucket(repo::SnapshotBucketArgs),
 }
 
+// Parsed once per run, so the size difference between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum RestoreCommand {
     /// Write the objects of a bucket snapshot into a bucket.
     Bucket(repo::RestoreBucketArgs),
+    Postgres(postgres::RestoreArgs),
 }
 
 /// Repository location and the S3 settings to reach it.
@@ -236,5 +258,8 @@ async fn run(command: Command) -> Result<ExitCode, CliError> {
         Command::Forget(a) => prune::forget(a).await,
         Command::Policy(PolicyCommand::Check(a)) => policy::policy_check(a).await,
         Command::Retention(RetentionCommand::Simulate(a)) => policy::retention_simulate(a).await,
+        Command::Backup(BackupCommand::Postgres(a)) => postgres::backup(a).await,
+        Command::Restore(RestoreCommand::Postgres(a)) => postgres::restore(a).await,
+        Command::Postgres(PostgresCommand::Window(a)) => postgres::window(a).await,
     }
 }

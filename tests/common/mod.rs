@@ -3,6 +3,8 @@
 //! repositories on a local directory or on S3.
 #![allow(dead_code)]
 
+pub mod pg;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
