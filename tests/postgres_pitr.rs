@@ -35,11 +35,12 @@ fn write_policy(dir: &Path, s3: &S3Server, bucket: &str, port: u16) -> PathBuf {
     std::fs::write(&key_file, &s3.access_key).unwrap();
     std::fs::write(&secret_file, &s3.secret_key).unwrap();
     let policy = format!(
-        "schedules: {{}}\n\
+        "repository:\n  url: file://{}/repo\n\
          postgres:\n\
          - name: app\n  driver: local\n  object_store:\n    destination_path: s3://{bucket}/pg\n    server_name: main\n\
          \x20   endpoint: {}\n    region: {}\n    access_key_id_file: {}\n    secret_access_key_file: {}\n\
          \x20 connection:\n    host: 127.0.0.1\n    port: {port}\n    user: postgres\n",
+        dir.display(),
         s3.endpoint,
         s3.region,
         key_file.display(),
