@@ -8,7 +8,9 @@
 //!   garbage collection. The stored format is specified in `docs/design.md`.
 //! - [`s3`]: S3 client settings shared by the repository backend and the
 //!   bucket source.
-//! - [`sources`]: what gets backed up: S3 buckets (snapshot and restore).
+//! - [`sources`]: what gets backed up: S3 buckets (snapshot and restore) and
+//!   training checkpoints.
+//! - [`server`]: the checkpoint HTTP API that GPU workers push to.
 //! - [`cli`]: the `visage-dr` command line, its error type and exit codes.
 
 pub mod cli;
@@ -21,5 +23,6 @@ pub mod repository;
 pub mod retention;
 pub mod s3;
 pub mod schedule;
+pub mod server;
 pub mod sources;
 pub mod units;

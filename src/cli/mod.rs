@@ -6,10 +6,12 @@
 //! - 1: the operation failed (a failed check included).
 //! - 2: invalid usage or configuration, found before any work started.
 
+mod checkpoint;
 mod error;
 mod policy;
 mod prune;
 mod repo;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -74,6 +76,11 @@ pub enum Command {
     /// Try retention rules on a list of snapshot times.
     #[command(subcommand)]
     Retention(RetentionCommand),
+    /// Run the checkpoint HTTP API that training jobs push checkpoints to.
+    Serve(serve::ServeArgs),
+    /// Push, pull or list training checkpoints on a checkpoint API server.
+    #[command(subcommand)]
+    Checkpoint(checkpoint::CheckpointCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -236,5 +243,7 @@ async fn run(command: Command) -> Result<ExitCode, CliError> {
         Command::Forget(a) => prune::forget(a).await,
         Command::Policy(PolicyCommand::Check(a)) => policy::policy_check(a).await,
         Command::Retention(RetentionCommand::Simulate(a)) => policy::retention_simulate(a).await,
+        Command::Serve(a) => serve::serve(a).await,
+        Command::Checkpoint(c) => checkpoint::run(c).await,
     }
 }
