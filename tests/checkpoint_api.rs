@@ -89,7 +89,7 @@ async fn raw_request(addr: SocketAddr, head: &str, body: &[u8], read_response: b
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut reader, mut writer) = stream.into_split();
     let data = [head.as_bytes(), body].concat();
-    // The server may answer before reading the whole body, so writing runs
+    // The server may respond before reading the whole body, so writing runs
     // beside reading and may fail once the server closes the connection.
     let write = tokio::spawn(async move {
         let _ = writer.write_all(&data).await;
@@ -117,7 +117,7 @@ fn put_head(job: &str, step: &str, sha: &str, framing: &str) -> String {
     )
 }
 
-/// A chunked transfer encoding of `data` in pieces of `piece` bytes, with the
+/// Encodes `data` with chunked transfer encoding in pieces of `piece` bytes, with the
 /// final zero-length chunk only when `terminate`.
 fn chunked(data: &[u8], piece: usize, terminate: bool) -> Vec<u8> {
     let mut out = Vec::new();

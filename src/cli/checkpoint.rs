@@ -173,7 +173,7 @@ fn request_failed(url: &str, e: reqwest::Error) -> CliError {
     CliError::failed(format!("request to {url} failed: {e}"))
 }
 
-/// The error of a non-success response, with the server's detail.
+/// Builds the error for a non-success response, with the server's detail.
 async fn api_error(url: &str, response: reqwest::Response) -> CliError {
     let status = response.status();
     let text = response.text().await.unwrap_or_default();
@@ -181,7 +181,7 @@ async fn api_error(url: &str, response: reqwest::Response) -> CliError {
         Ok(body) => format!("{}: {}", body.error, body.detail),
         Err(_) => text,
     };
-    CliError::failed(format!("{url} answered {status}: {detail}"))
+    CliError::failed(format!("{url} returned {status}: {detail}"))
 }
 
 /// SHA-256 and size of a file.

@@ -15,7 +15,7 @@ use subtle::ConstantTimeEq;
 /// Shortest token accepted, in characters. Shorter tokens are guessable.
 pub const MIN_TOKEN_LEN: usize = 16;
 
-/// What a token may do.
+/// Permission that a token grants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
     /// Push checkpoints (PUT).
@@ -71,7 +71,7 @@ pub struct TokenSet {
     entries: Vec<TokenEntry>,
 }
 
-/// Why a request was not authorised.
+/// Reason a request was not authorised.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthFailure {
     /// No `Authorization: Bearer` header.
@@ -153,7 +153,7 @@ impl TokenSet {
     }
 }
 
-/// The token of an `Authorization: Bearer TOKEN` header.
+/// Extracts the token of an `Authorization: Bearer TOKEN` header.
 fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;

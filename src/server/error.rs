@@ -1,5 +1,5 @@
 //! The JSON error response of the API: `{"error": CODE, "detail": TEXT}`,
-//! where CODE is a short stable word and TEXT says what was wrong.
+//! where CODE is a short stable word and TEXT describes what was wrong.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -46,7 +46,7 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", detail)
     }
 
-    /// A repository error: 503 when the repository is locked or unreachable,
+    /// Maps a repository error: 503 when the repository is locked or unreachable,
     /// 500 otherwise.
     pub fn repository(e: &RepoError) -> Self {
         match e {

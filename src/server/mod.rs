@@ -56,7 +56,7 @@ pub struct ServerConfig {
     pub body_idle_timeout: Duration,
 }
 
-/// Where and how the server listens.
+/// Listening address and transport settings.
 #[derive(Debug, Clone)]
 pub struct ListenConfig {
     pub addr: SocketAddr,
@@ -66,7 +66,7 @@ pub struct ListenConfig {
     pub insecure_http: bool,
 }
 
-/// Why the server could not start.
+/// Start-up failure of the server.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("refusing to serve plain HTTP on {addr}, which is not a loopback address: bearer tokens and checkpoints would cross the network unencrypted; pass --tls-cert and --tls-key, or --insecure-http when a VPN or port-forward encrypts the traffic")]
@@ -97,7 +97,7 @@ pub fn check_listen(listen: &ListenConfig) -> Result<(), ServerError> {
 }
 
 /// Per-(job, step) mutexes, so one push or delete of a step runs at a time in
-/// this process. Entries of steps no request holds are dropped on insert.
+/// this process. Entries of steps that no request locks are dropped on insert.
 #[derive(Default)]
 struct StepLocks {
     map: std::sync::Mutex<HashMap<(String, String), Weak<tokio::sync::Mutex<()>>>>,

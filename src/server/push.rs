@@ -27,7 +27,7 @@ pub const SHA256_HEADER: &str = "x-content-sha256";
 /// Header that marks the checkpoint as final when `true`.
 pub const FINAL_HEADER: &str = "x-checkpoint-final";
 
-/// What the client declared about the body.
+/// Names and body metadata declared by the client.
 struct PushRequest {
     job: String,
     step: String,
@@ -80,8 +80,8 @@ pub(super) async fn put_checkpoint(
         }
     };
     // The push runs in its own task, so that a client that goes away
-    // part-way does not cancel it between two awaits: the task sees the
-    // body fail, abandons the upload and releases the repository lock.
+    // part-way does not cancel it between two awaits: the task gets the
+    // body error, abandons the upload and releases the repository lock.
     let task = tokio::spawn(run_push(state.clone(), request, body).instrument(Span::current()));
     match task.await {
         Ok(Ok(PushOutcome::Created(record, stats))) => {

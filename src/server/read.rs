@@ -210,7 +210,7 @@ async fn chunk_lengths(repo: &Repository, chunks: &[BlobId]) -> Result<Vec<u64>,
 }
 
 /// Reads one blob, reloading the index and trying again once when it is not
-/// found where the index said (garbage collection moves live blobs).
+/// found where the index pointed (garbage collection moves live blobs).
 async fn read_blob(repo: Arc<Repository>, id: BlobId) -> Result<Bytes, RepoError> {
     match repo.read_blob(&id).await {
         Ok(data) => Ok(data),
