@@ -8,15 +8,26 @@
 //!   garbage collection. The stored format is specified in `docs/design.md`.
 //! - [`s3`]: S3 client settings shared by the repository backend and the
 //!   bucket source.
-//! - [`sources`]: what gets backed up: S3 buckets (snapshot and restore).
+//! - [`sources`]: what gets backed up: S3 buckets (snapshot and restore) and
+//!   training checkpoints.
 //! - [`postgres`]: PostgreSQL point-in-time recovery over a barman-cloud archive
 //!   (`docs/postgres.md`).
+//! - [`policy`]: policy files: what to back up, when, and how long to keep it
+//!   (`docs/policies.md`).
+//! - [`units`]: the duration and size units of policy files.
+//! - [`schedule`]: 5-field cron schedules in a time zone.
+//! - [`scheduler`]: when the controller fires each policy job, with missed
+//!   slots, overlap and injectable time.
+//! - [`retention`]: the keep rules, with restic's `forget` semantics.
+//! - [`prune`]: retention applied to a repository, with guard rails.
+//! - [`server`]: the checkpoint HTTP API that GPU workers push to.
+//! - [`progress`]: progress bars for long work on a terminal.
 //! - [`cli`]: the `visage-dr` command line, its error type and exit codes.
 
 pub mod cli;
 pub mod id;
-pub mod postgres;
 pub mod policy;
+pub mod postgres;
 pub mod progress;
 pub mod prune;
 pub mod repository;
@@ -24,5 +35,6 @@ pub mod retention;
 pub mod s3;
 pub mod schedule;
 pub mod scheduler;
+pub mod server;
 pub mod sources;
 pub mod units;

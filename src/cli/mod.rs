@@ -6,11 +6,13 @@
 //! - 1: the operation failed (a failed check included).
 //! - 2: invalid usage or configuration, found before any work started.
 
+mod checkpoint;
 mod error;
 mod policy;
 mod prune;
 mod postgres;
 mod repo;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -81,6 +83,11 @@ pub enum Command {
     /// Inspect PostgreSQL archives.
     #[command(subcommand)]
     Postgres(PostgresCommand),
+    /// Run the checkpoint HTTP API that training jobs push checkpoints to.
+    Serve(serve::ServeArgs),
+    /// Push, pull or list training checkpoints on a checkpoint API server.
+    #[command(subcommand)]
+    Checkpoint(checkpoint::CheckpointCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -261,5 +268,7 @@ async fn run(command: Command) -> Result<ExitCode, CliError> {
         Command::Backup(BackupCommand::Postgres(a)) => postgres::backup(a).await,
         Command::Restore(RestoreCommand::Postgres(a)) => postgres::restore(a).await,
         Command::Postgres(PostgresCommand::Window(a)) => postgres::window(a).await,
+        Command::Serve(a) => serve::serve(a).await,
+        Command::Checkpoint(c) => checkpoint::run(c).await,
     }
 }

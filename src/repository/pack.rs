@@ -308,6 +308,9 @@ pub(crate) async fn write_index(
     let (json, data) = encode_json(&file);
     let id = IndexId(Digest::of(&json));
     repo.backend().put(&format!("index/{id}"), data).await?;
+    // Record the file in the in-memory index, so that `index_files_of` shows
+    // these packs as indexed without a reload.
+    repo.with_index_mut(|i| i.add_file(id, &file));
     stats.index_files.fetch_add(1, Ordering::Relaxed);
     debug!(index.id = %id, index.packs = file.packs.len(), "index written");
     Ok(id)

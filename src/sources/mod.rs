@@ -2,3 +2,4 @@
 //! repository as snapshots with a stable source identity.
 
 pub mod bucket;
+pub mod checkpoint;
