@@ -12,6 +12,7 @@ pub mod index;
 pub mod lock;
 pub mod manifest;
 pub mod pack;
+pub mod pack_cache;
 
 use std::path::PathBuf;
 use std::str::FromStr;

@@ -24,6 +24,7 @@ use crate::repository::backend::{list_objects, ListedObject};
 use crate::repository::chunker::Chunker;
 use crate::repository::lock::LockKind;
 use crate::repository::manifest::{Entry, Manifest, SnapshotKind, SnapshotStatus, MANIFEST_VERSION};
+use crate::repository::pack_cache::PackCache;
 use crate::repository::{RepoError, Repository};
 use crate::s3::{S3Error, S3Overrides, S3Settings};
 
@@ -34,6 +35,10 @@ pub const DEFAULT_CONCURRENCY: usize = 8;
 /// a multipart upload. 16 MiB is well under S3's 5 GiB single-PUT limit and
 /// bounds the memory of each object in flight.
 pub const DEFAULT_MULTIPART_THRESHOLD: u64 = 16 * 1024 * 1024;
+
+/// Whole packs a restore keeps in memory: four 16 MiB packs cover the
+/// objects that eight concurrent writers work on when they go in pack order.
+const PACK_CACHE_PACKS: usize = 4;
 
 /// Part size of multipart restores. S3 requires at least 5 MiB for every
 /// part but the last.
@@ -192,14 +197,19 @@ async fn snapshot_locked(
     let clock = std::time::Instant::now();
     let settings = S3Settings::resolve("the source bucket", &opts.s3)?;
     let client = settings.client();
-    head_bucket(&settings, &client, &opts.bucket).await?;
-    let parent = find_parent(repo, source, &opts.prefix).await?;
+    // The source listing and the parent manifest come from different
+    // servers, so they are fetched at the same time.
+    let listing = async {
+        head_bucket(&settings, &client, &opts.bucket).await?;
+        list_objects(&settings, &client, &opts.bucket, &opts.prefix).await
+    };
+    let (listed, parent) = tokio::join!(listing, find_parent(repo, source, &opts.prefix));
+    let (listed, parent) = (listed?, parent?);
     let parent_entries: HashMap<String, Entry> = parent
         .as_ref()
         .map(|p| p.entries.iter().map(|e| (e.key.clone(), e.clone())).collect())
         .unwrap_or_default();
 
-    let listed = list_objects(&settings, &client, &opts.bucket, &opts.prefix).await?;
     let total_objects = listed.len() as u64;
     let total_bytes: u64 = listed.iter().map(|o| o.size).sum();
     info!(
@@ -592,13 +602,20 @@ async fn restore_locked(repo: &Arc<Repository>, manifest: &Manifest, opts: &Rest
         return Ok(report);
     }
 
+    // Objects in pack order, so that the objects written at the same time
+    // read the same few packs and each pack is downloaded once.
+    let position = |e: &Entry| {
+        e.chunks.first().and_then(|c| repo.with_index(|i| i.usable_locations(c).last().map(|l| (l.pack, l.offset))))
+    };
+    to_write.sort_by_cached_key(|e| position(e));
     let total_bytes: u64 = to_write.iter().map(|e| e.size).sum();
     let total_objects = to_write.len() as u64;
     let progress = Progress::new("restore", total_objects, total_bytes, opts.progress);
     let written = AtomicU64::new(0);
     let written_bytes = AtomicU64::new(0);
     let multipart = AtomicU64::new(0);
-    let writer = ObjectWriter { repo, settings: &settings, client: &client, opts, snapshot: &manifest.id };
+    let cache = PackCache::new(repo.clone(), PACK_CACHE_PACKS);
+    let writer = ObjectWriter { cache: &cache, settings: &settings, client: &client, opts, snapshot: &manifest.id };
     futures::stream::iter(to_write.into_iter().map(|e| {
         let writer = &writer;
         let progress = &progress;
@@ -665,7 +682,7 @@ fn tagging(tags: &BTreeMap<String, String>) -> Option<String> {
 }
 
 struct ObjectWriter<'a> {
-    repo: &'a Arc<Repository>,
+    cache: &'a PackCache,
     settings: &'a S3Settings,
     client: &'a aws_sdk_s3::Client,
     opts: &'a RestoreOptions,
@@ -692,7 +709,7 @@ impl ObjectWriter<'_> {
     async fn write_single(&self, e: &Entry) -> Result<(), BucketError> {
         let mut buf = BytesMut::with_capacity(e.size as usize);
         for c in &e.chunks {
-            buf.extend_from_slice(&self.repo.read_blob(c).await?);
+            buf.extend_from_slice(&self.cache.read_blob(c).await?);
         }
         let data = buf.freeze();
         let actual = {
@@ -813,7 +830,7 @@ impl ObjectWriter<'_> {
                 break;
             }
             let id = chunks.next().expect("peeked");
-            buf.extend_from_slice(&self.repo.read_blob(id).await?);
+            buf.extend_from_slice(&self.cache.read_blob(id).await?);
         }
         let actual = hasher.finish();
         if actual != e.sha256 {
