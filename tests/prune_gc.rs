@@ -276,3 +276,30 @@ fn retention_simulate_prints_reasons() {
     assert_eq!(rows[4]["reasons"][0], "daily 2026-06-15");
     assert_eq!(rows[0]["time"], "2026-06-11T03:43:00Z");
 }
+
+#[test]
+fn checkpoint_retention_keeps_final_ones() {
+    let t0 = Utc.with_ymd_and_hms(2026, 6, 1, 10, 0, 0).unwrap();
+    let mut snaps: Vec<SnapshotSummary> = (0..6)
+        .map(|i| {
+            let mut s = summary("checkpoints:lora-alice", t0 + chrono::Duration::minutes(10 * i), true);
+            s.kind = SnapshotKind::Checkpoint;
+            s
+        })
+        .collect();
+    snaps[1].labels.insert("final".into(), "true".into());
+    let rules = RetentionRules { keep_last: Some(2), ..Default::default() };
+    let rules_for = |s: &str| s.starts_with("checkpoints:").then(|| rules.clone());
+    let settings = PruneSettings {
+        rules_for: &rules_for,
+        tz: chrono_tz::UTC,
+        now: t0 + chrono::Duration::hours(1),
+        max_snapshot_age: None,
+        force: false,
+    };
+    let plan = prune::plan(&snaps, &HashSet::new(), &settings).unwrap();
+    let source = &plan.sources[0];
+    let kept: Vec<usize> = source.snapshots.iter().enumerate().filter(|(_, p)| p.keep).map(|(i, _)| i).collect();
+    assert_eq!(kept, vec![1, 4, 5]);
+    assert_eq!(source.snapshots[1].reasons, vec!["final".to_owned()]);
+}

@@ -39,7 +39,7 @@ pub struct SnapshotBucketArgs {
     #[arg(long, default_value_t = bucket::DEFAULT_CONCURRENCY as u64, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub concurrency: u64,
     /// Packs uploaded to the repository at the same time.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub uploads: u64,
     /// zstd level (1 to 22) for new data; the repository's default when unset.
     #[arg(long, value_parser = clap::value_parser!(i32).range(1..=22))]

@@ -134,7 +134,7 @@ impl Default for RepoOptions {
             s3: S3Overrides::default(),
             compression_level: None,
             pack_size: pack::DEFAULT_PACK_SIZE,
-            upload_concurrency: 4,
+            upload_concurrency: 3,
             index_flush_packs: pack::INDEX_FLUSH_PACKS,
             lock_timing: LockTiming::default(),
             lock_wait: Duration::ZERO,

@@ -74,8 +74,11 @@ struct OpenPack {
 }
 
 impl OpenPack {
-    fn new() -> Self {
-        Self { data: Vec::new(), blobs: Vec::new() }
+    /// An empty pack whose buffer fits `pack_size` plus one largest frame,
+    /// so that it never grows by doubling past the pack size.
+    fn new(pack_size: usize) -> Self {
+        let capacity = pack_size + super::chunker::MAX_SIZE as usize + 64 * 1024;
+        Self { data: Vec::with_capacity(capacity), blobs: Vec::new() }
     }
 }
 
@@ -102,10 +105,11 @@ pub struct PackWriter {
 
 impl PackWriter {
     pub(super) fn new(repo: Arc<Repository>) -> Self {
+        let open = OpenPack::new(repo.options().pack_size);
         let permits = Arc::new(Semaphore::new(repo.options().upload_concurrency.max(1)));
         Self {
             repo,
-            state: Mutex::new(State { open: OpenPack::new(), pending: HashSet::new() }),
+            state: Mutex::new(State { open, pending: HashSet::new() }),
             uploads: Mutex::new(JoinSet::new()),
             permits,
             unindexed: Arc::new(Mutex::new(Vec::new())),
@@ -187,7 +191,7 @@ impl PackWriter {
             self.stats.blobs_new.fetch_add(1, Ordering::Relaxed);
             self.stats.raw_bytes_new.fetch_add(raw_length, Ordering::Relaxed);
             if st.open.data.len() >= self.repo.options().pack_size {
-                Some(std::mem::replace(&mut st.open, OpenPack::new()))
+                Some(std::mem::replace(&mut st.open, OpenPack::new(self.repo.options().pack_size)))
             } else {
                 None
             }
@@ -239,7 +243,7 @@ impl PackWriter {
     pub async fn finish(&self) -> Result<(), RepoError> {
         let last = {
             let mut st = self.state.lock().await;
-            std::mem::replace(&mut st.open, OpenPack::new())
+            std::mem::replace(&mut st.open, OpenPack { data: Vec::new(), blobs: Vec::new() })
         };
         if !last.blobs.is_empty() {
             self.start_upload(last).await?;

@@ -32,9 +32,10 @@ use crate::s3::{S3Error, S3Overrides, S3Settings};
 pub const DEFAULT_CONCURRENCY: usize = 8;
 
 /// Objects up to this size are restored with one PutObject; larger ones with
-/// a multipart upload. 16 MiB is well under S3's 5 GiB single-PUT limit and
-/// bounds the memory of each object in flight.
-pub const DEFAULT_MULTIPART_THRESHOLD: u64 = 16 * 1024 * 1024;
+/// a multipart upload. 8 MiB is far under S3's 5 GiB single-PUT limit and
+/// bounds the memory of each object in flight, since a single PUT is
+/// buffered whole to check its hash before it is sent.
+pub const DEFAULT_MULTIPART_THRESHOLD: u64 = 8 * 1024 * 1024;
 
 /// Whole packs a restore keeps in memory: four 16 MiB packs cover the
 /// objects that eight concurrent writers work on when they go in pack order.
@@ -42,7 +43,7 @@ const PACK_CACHE_PACKS: usize = 4;
 
 /// Part size of multipart restores. S3 requires at least 5 MiB for every
 /// part but the last.
-pub const DEFAULT_PART_SIZE: u64 = 16 * 1024 * 1024;
+pub const DEFAULT_PART_SIZE: u64 = 8 * 1024 * 1024;
 
 /// Errors of bucket snapshots and restores.
 #[derive(Debug, thiserror::Error)]
@@ -802,7 +803,9 @@ impl ObjectWriter<'_> {
         let part_size = self.opts.part_size.max(5 * 1024 * 1024) as usize;
         let mut hasher = Hasher::new();
         let mut parts = Vec::new();
-        let mut buf = BytesMut::with_capacity(part_size);
+        // Room for one part plus one largest chunk, so the buffer never
+        // grows by doubling.
+        let mut buf = BytesMut::with_capacity(part_size + crate::repository::chunker::MAX_SIZE as usize);
         let mut chunks = e.chunks.iter().peekable();
         loop {
             let last = chunks.peek().is_none();
