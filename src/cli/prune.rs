@@ -54,7 +54,7 @@ pub fn load_policy(path: &std::path::Path) -> Result<Policy, CliError> {
 pub async fn open_policy_repo(policy: &Policy) -> Result<Arc<Repository>, CliError> {
     let url: RepoUrl = policy.repository.url.parse()?;
     let options = RepoOptions {
-        s3: policy.repository.s3.as_ref().map(|s| s.to_overrides()).unwrap_or_default(),
+        s3: policy.repository.s3.as_ref().map(|s| s.clone()).unwrap_or_default(),
         ..RepoOptions::default()
     };
     Ok(Arc::new(Repository::open(&url, options).await?))

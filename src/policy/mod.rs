@@ -101,57 +101,9 @@ pub struct Repository {
     pub s3: Option<S3Options>,
 }
 
-/// Settings that override the AWS environment for one S3 server. They mirror
-/// `crate::s3::S3Overrides`, which is what the S3 client takes.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct S3Options {
-    /// Endpoint URL, such as `http://visage-minio:9000`.
-    #[serde(default)]
-    pub endpoint: Option<String>,
-    /// Signing region.
-    #[serde(default)]
-    pub region: Option<String>,
-    /// File that contains the access key id, such as a mounted Kubernetes Secret key.
-    #[serde(default)]
-    pub access_key_id_file: Option<PathBuf>,
-    /// File that contains the secret access key.
-    #[serde(default)]
-    pub secret_access_key_file: Option<PathBuf>,
-    /// Path-style addressing (`endpoint/bucket/key`). The S3 client turns it on when unset.
-    #[serde(default)]
-    pub path_style: Option<bool>,
-}
-
-impl S3Options {
-    /// Returns `self` with unset fields taken from `fallback`.
-    pub fn or(&self, fallback: &S3Options) -> S3Options {
-        S3Options {
-            endpoint: self.endpoint.clone().or_else(|| fallback.endpoint.clone()),
-            region: self.region.clone().or_else(|| fallback.region.clone()),
-            access_key_id_file: self
-                .access_key_id_file
-                .clone()
-                .or_else(|| fallback.access_key_id_file.clone()),
-            secret_access_key_file: self
-                .secret_access_key_file
-                .clone()
-                .or_else(|| fallback.secret_access_key_file.clone()),
-            path_style: self.path_style.or(fallback.path_style),
-        }
-    }
-
-    /// Converts to the settings the S3 client takes.
-    pub fn to_overrides(&self) -> crate::s3::S3Overrides {
-        crate::s3::S3Overrides {
-            endpoint: self.endpoint.clone(),
-            region: self.region.clone(),
-            access_key_id_file: self.access_key_id_file.clone(),
-            secret_access_key_file: self.secret_access_key_file.clone(),
-            path_style: self.path_style,
-        }
-    }
-}
+/// Settings that override the AWS environment for one S3 server: the same
+/// type the S3 client takes.
+pub use crate::s3::S3Overrides as S3Options;
 
 /// One entry of the `postgres:` list.
 #[derive(Debug, Clone, PartialEq)]
