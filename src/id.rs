@@ -152,7 +152,7 @@ macro_rules! time_id {
             /// A new id for a run that starts at `at`.
             pub fn new(at: DateTime<Utc>) -> Self {
                 let suffix: u32 = rand::thread_rng().gen();
-                Self(format!("{}-{:08x}", at.format("%Y%m%dT%H%M%SZ"), suffix))
+                Self(format!("{}-{:08x}", at.format("%Y%m%dT%H%M%S%.3fZ"), suffix))
             }
 
             pub fn as_str(&self) -> &str {
@@ -194,14 +194,18 @@ macro_rules! time_id {
     };
 }
 
-/// Checks the `YYYYMMDDTHHMMSSZ-xxxxxxxx` form shared by snapshot and lock ids.
+/// Checks the `YYYYMMDDTHHMMSS.mmmZ-xxxxxxxx` form shared by snapshot and
+/// lock ids.
 fn parse_time_id(kind: &'static str, s: &str) -> Result<(), ParseIdError> {
     let err = |reason| ParseIdError { kind, value: s.to_owned(), reason };
     let (time, suffix) = s
         .split_once('-')
-        .ok_or_else(|| err("expected YYYYMMDDTHHMMSSZ-xxxxxxxx"))?;
-    chrono::NaiveDateTime::parse_from_str(time, "%Y%m%dT%H%M%SZ")
-        .map_err(|_| err("expected a UTC time YYYYMMDDTHHMMSSZ before the dash"))?;
+        .ok_or_else(|| err("expected YYYYMMDDTHHMMSS.mmmZ-xxxxxxxx"))?;
+    if time.len() != 20 {
+        return Err(err("expected a UTC time YYYYMMDDTHHMMSS.mmmZ before the dash"));
+    }
+    chrono::NaiveDateTime::parse_from_str(time, "%Y%m%dT%H%M%S%.3fZ")
+        .map_err(|_| err("expected a UTC time YYYYMMDDTHHMMSS.mmmZ before the dash"))?;
     if suffix.len() != 8 || !suffix.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
         return Err(err("expected 8 lowercase hexadecimal digits after the dash"));
     }
@@ -209,7 +213,8 @@ fn parse_time_id(kind: &'static str, s: &str) -> Result<(), ParseIdError> {
 }
 
 time_id!(
-    /// A snapshot's id: its UTC start time and a random suffix, so ids sort by start time.
+    /// A snapshot's id: its UTC start time to the millisecond and a random
+    /// suffix, so ids sort by start time.
     SnapshotId,
     "snapshot"
 );
@@ -247,15 +252,15 @@ mod tests {
     #[test]
     fn snapshot_ids_sort_by_time() {
         let a = SnapshotId::new(Utc.with_ymd_and_hms(2026, 1, 15, 6, 0, 4).unwrap());
-        let b = SnapshotId::new(Utc.with_ymd_and_hms(2026, 1, 15, 6, 0, 5).unwrap());
+        let b = SnapshotId::new(Utc.with_ymd_and_hms(2026, 1, 15, 6, 0, 4).unwrap() + chrono::Duration::milliseconds(1));
         assert!(a < b);
-        assert!(a.as_str().starts_with("20260115T060004Z-"));
+        assert!(a.as_str().starts_with("20260115T060004.000Z-"), "{a}");
         assert_eq!(a.as_str().parse::<SnapshotId>().unwrap(), a);
     }
 
     #[test]
     fn snapshot_id_rejects_other_forms() {
-        for bad in ["latest", "20260115T060004Z", "20260115T060004Z-XYZ", "2026-01-15-abcdef01"] {
+        for bad in ["latest", "20260115T060004.000Z", "20260115T060004.000Z-XYZ", "2026-01-15-abcdef01", "20260115T060004Z-abcdef01"] {
             assert!(bad.parse::<SnapshotId>().is_err(), "{bad} was accepted");
         }
     }

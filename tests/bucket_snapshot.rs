@@ -9,7 +9,7 @@ use std::sync::Arc;
 use aws_sdk_s3::primitives::ByteStream;
 use common::*;
 use visage_dr::repository::Repository;
-use visage_dr::sources::bucket::{self, BucketError, RestoreOptions, SnapshotOptions, SnapshotStats};
+use visage_dr::sources::bucket::{self, BucketError, SnapshotOptions, SnapshotStats};
 
 fn snapshot_options(server: &S3Server, dir: &tempfile::TempDir, bucket: &str) -> SnapshotOptions {
     SnapshotOptions {
@@ -18,21 +18,6 @@ fn snapshot_options(server: &S3Server, dir: &tempfile::TempDir, bucket: &str) ->
         s3: server.overrides(dir.path()),
         concurrency: 8,
         tags: true,
-        progress: false,
-    }
-}
-
-fn restore_options(server: &S3Server, dir: &tempfile::TempDir, to: &str) -> RestoreOptions {
-    RestoreOptions {
-        to_bucket: to.to_owned(),
-        prefix: String::new(),
-        s3: server.overrides(dir.path()),
-        overwrite: false,
-        dry_run: false,
-        concurrency: 8,
-        multipart_threshold: bucket::DEFAULT_MULTIPART_THRESHOLD,
-        part_size: bucket::DEFAULT_PART_SIZE,
-        create_bucket: true,
         progress: false,
     }
 }

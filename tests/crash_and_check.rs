@@ -184,18 +184,7 @@ async fn check_names_damage_and_snapshot_repairs_it() {
             let repo = fresh().await;
             let m = repo.load_manifest(id).await.unwrap();
             let dst = server.new_bucket("dmg-dst").await;
-            let mut o = bucket::RestoreOptions {
-                to_bucket: dst.clone(),
-                prefix: String::new(),
-                s3: server.overrides(dir.path()),
-                overwrite: false,
-                dry_run: false,
-                concurrency: 4,
-                multipart_threshold: bucket::DEFAULT_MULTIPART_THRESHOLD,
-                part_size: bucket::DEFAULT_PART_SIZE,
-                create_bucket: true,
-                progress: false,
-            };
+            let mut o = restore_options(&server, &dir, &dst);
             o.concurrency = 2;
             bucket::restore(repo, &m, o).await.unwrap();
             assert_eq!(server.contents(&dst).await, before, "{label}: restore of {id}");

@@ -15,6 +15,23 @@ fn documented_procedure() -> String {
     section[start..end].to_owned()
 }
 
+/// Runs the documented procedure for one object of a snapshot.
+fn run_procedure(script: &std::path::Path, server: &S3Server, repo_bucket: &str, snapshot: &str, key: &str, file: &std::path::Path) -> std::process::Output {
+    std::process::Command::new("bash")
+        .arg(script)
+        .env("ENDPOINT", &server.endpoint)
+        .env("BUCKET", repo_bucket)
+        .env("PREFIX", "dr")
+        .env("AWS_ACCESS_KEY_ID", &server.access_key)
+        .env("AWS_SECRET_ACCESS_KEY", &server.secret_key)
+        .env("AWS_REGION", &server.region)
+        .env("SNAP", snapshot)
+        .env("KEY", key)
+        .env("FILE", file)
+        .output()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn documented_manual_restore_works() {
     let server = match garage() {
@@ -61,19 +78,7 @@ async fn documented_manual_restore_works() {
     std::fs::write(&script, documented_procedure()).unwrap();
     for (key, content) in &objects {
         let file = dir.path().join("restored.bin");
-        let out = std::process::Command::new("bash")
-            .arg(&script)
-            .env("ENDPOINT", &server.endpoint)
-            .env("BUCKET", &repo_bucket)
-            .env("PREFIX", "dr")
-            .env("AWS_ACCESS_KEY_ID", &server.access_key)
-            .env("AWS_SECRET_ACCESS_KEY", &server.secret_key)
-            .env("AWS_REGION", &server.region)
-            .env("SNAP", stats.snapshot.to_string())
-            .env("KEY", key)
-            .env("FILE", &file)
-            .output()
-            .unwrap();
+        let out = run_procedure(&script, &server, &repo_bucket, &stats.snapshot.to_string(), key, &file);
         assert!(out.status.success(), "{key}: {}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(&std::fs::read(&file).unwrap(), content, "{key}");
     }
@@ -86,19 +91,7 @@ async fn documented_manual_restore_works() {
     repo.backend().put(&pack.key, data.into()).await.unwrap();
     let mut failures = 0;
     for (key, _) in &objects {
-        let out = std::process::Command::new("bash")
-            .arg(&script)
-            .env("ENDPOINT", &server.endpoint)
-            .env("BUCKET", &repo_bucket)
-            .env("PREFIX", "dr")
-            .env("AWS_ACCESS_KEY_ID", &server.access_key)
-            .env("AWS_SECRET_ACCESS_KEY", &server.secret_key)
-            .env("AWS_REGION", &server.region)
-            .env("SNAP", stats.snapshot.to_string())
-            .env("KEY", key)
-            .env("FILE", dir.path().join("restored.bin"))
-            .output()
-            .unwrap();
+        let out = run_procedure(&script, &server, &repo_bucket, &stats.snapshot.to_string(), key, &dir.path().join("restored.bin"));
         if !out.status.success() {
             failures += 1;
         }

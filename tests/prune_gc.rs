@@ -70,24 +70,7 @@ async fn gc_frees_forgotten_data_and_keeps_the_rest() {
         assert_eq!(report.unindexed_packs, 0, "{label}");
         let m = fresh.load_manifest(&second.snapshot).await.unwrap();
         let dst = server.new_bucket("gc-dst").await;
-        bucket::restore(
-            fresh.clone(),
-            &m,
-            bucket::RestoreOptions {
-                to_bucket: dst.clone(),
-                prefix: String::new(),
-                s3: server.overrides(dir.path()),
-                overwrite: false,
-                dry_run: false,
-                concurrency: 4,
-                multipart_threshold: bucket::DEFAULT_MULTIPART_THRESHOLD,
-                part_size: bucket::DEFAULT_PART_SIZE,
-                create_bucket: true,
-                progress: false,
-            },
-        )
-        .await
-        .unwrap();
+        bucket::restore(fresh.clone(), &m, restore_options(&server, &dir, &dst)).await.unwrap();
         assert_eq!(server.contents(&dst).await, before, "{label}");
     }
 }

@@ -307,7 +307,7 @@ pub struct BackupFailure {
 pub async fn backup(spec: &DatabaseSpec, tools: &Tools) -> Result<BackupRecord, BackupFailure> {
     let started = Utc::now();
     let record_id = SnapshotId::new(started).to_string();
-    let backup_name = format!("visage-dr-{}", record_id.to_lowercase());
+    let backup_name = format!("visage-dr-{}", record_id.to_lowercase().replace('.', ""));
     let mut record = BackupRecord {
         version: RECORD_VERSION,
         id: record_id,

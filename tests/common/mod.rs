@@ -170,6 +170,23 @@ impl S3Server {
     }
 }
 
+/// Restore settings for writing into `to` on `server`, with the defaults.
+pub fn restore_options(server: &S3Server, dir: &tempfile::TempDir, to: &str) -> visage_dr::sources::bucket::RestoreOptions {
+    use visage_dr::sources::bucket;
+    bucket::RestoreOptions {
+        to_bucket: to.to_owned(),
+        prefix: String::new(),
+        s3: server.overrides(dir.path()),
+        overwrite: false,
+        dry_run: false,
+        concurrency: 8,
+        multipart_threshold: bucket::DEFAULT_MULTIPART_THRESHOLD,
+        part_size: bucket::DEFAULT_PART_SIZE,
+        create_bucket: true,
+        progress: false,
+    }
+}
+
 pub fn sha256_hex(data: &[u8]) -> String {
     visage_dr::id::Digest::of(data).to_hex()
 }
