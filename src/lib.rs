@@ -20,11 +20,14 @@
 //!   slots, overlap and injectable time.
 //! - [`retention`]: the keep rules, with restic's `forget` semantics.
 //! - [`prune`]: retention applied to a repository, with guard rails.
+//! - [`controller`]: one cycle of policy jobs (`visage-dr run`), recorded per
+//!   schedule slot.
 //! - [`server`]: the checkpoint HTTP API that GPU workers push to.
 //! - [`progress`]: progress bars for long work on a terminal.
 //! - [`cli`]: the `visage-dr` command line, its error type and exit codes.
 
 pub mod cli;
+pub mod controller;
 pub mod id;
 pub mod policy;
 pub mod postgres;

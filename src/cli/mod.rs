@@ -12,6 +12,7 @@ mod policy;
 mod prune;
 mod postgres;
 mod repo;
+mod run;
 mod serve;
 
 use std::process::ExitCode;
@@ -70,6 +71,8 @@ pub enum Command {
     Check(repo::CheckArgs),
     /// Remove stale repository locks (or all locks with --all) and print whose they were.
     Unlock(repo::UnlockArgs),
+    /// Run the policy's jobs once: those due at this slot (the default), one named job, or all. Meant for a CronJob.
+    Run(run::RunArgs),
     /// Apply the policy's retention rules: print keep or remove with the reasons for every snapshot, and with --confirm delete and collect garbage.
     Prune(prune::PruneArgs),
     /// Remove named snapshots; their data is freed by the next prune.
@@ -261,6 +264,7 @@ async fn run(command: Command) -> Result<ExitCode, CliError> {
         Command::Diff(a) => repo::diff(a).await,
         Command::Check(a) => repo::check(a).await,
         Command::Unlock(a) => repo::unlock(a).await,
+        Command::Run(a) => run::run(a).await,
         Command::Prune(a) => prune::prune(a).await,
         Command::Forget(a) => prune::forget(a).await,
         Command::Policy(PolicyCommand::Check(a)) => policy::policy_check(a).await,
