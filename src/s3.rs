@@ -334,6 +334,9 @@ impl S3Settings {
             | "AuthorizationHeaderMalformed" => {
                 return S3Error::Credentials { endpoint, bucket: bucket.into(), code }
             }
+            "AccessDenied" if message.to_lowercase().contains("signature") || message.to_lowercase().contains("access key") => {
+                return S3Error::Credentials { endpoint, bucket: bucket.into(), code: format!("{code}: {message}") }
+            }
             "AccessDenied" => {
                 return S3Error::AccessDenied {
                     endpoint,

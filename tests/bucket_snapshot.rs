@@ -420,3 +420,40 @@ async fn bad_credentials_and_unreachable_endpoint() {
     let out = visage_dr(&["snapshot", "bucket", "--repo", "relative/path", "--bucket", "x"], &server.env());
     assert_eq!(out.status.code(), Some(2), "{}", text(&out).1);
 }
+
+#[tokio::test]
+async fn config_errors_record_nothing() {
+    let server = match garage() {
+        Some(s) => s,
+        None => return,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let place = RepoPlace::Local(tempfile::tempdir().unwrap());
+    let repo = place.open().await;
+    let mut opts = snapshot_options(&server, &dir, "no-such-bucket-cfg");
+    let err = bucket::snapshot(repo.clone(), opts.clone()).await.unwrap_err();
+    assert!(err.to_string().contains("no-such-bucket-cfg"), "{err}");
+    opts.bucket = server.new_bucket("cfg").await;
+    opts.s3.access_key_id_file = Some(dir.path().join("missing-key-file"));
+    let err = bucket::snapshot(repo.clone(), opts).await.unwrap_err();
+    assert!(err.to_string().contains("missing-key-file"), "{err}");
+    assert!(repo.snapshot_ids().await.unwrap().is_empty(), "a configuration error left a snapshot");
+}
+
+#[tokio::test]
+async fn repository_inside_source_is_left_out() {
+    let server = match garage() {
+        Some(s) => s,
+        None => return,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let src = server.new_bucket("self").await;
+    server.put(&src, "photo.jpg", random_bytes(1000, 3)).await;
+    let place = RepoPlace::S3 { server: server.clone(), bucket: src.clone(), dir: tempfile::tempdir().unwrap() };
+    let repo = place.open().await;
+    let first = snap(&repo, &server, &dir, &src).await;
+    let second = snap(&repo, &server, &dir, &src).await;
+    assert_eq!(first.objects, 1);
+    assert_eq!(second.objects, 1, "the repository's own objects were backed up");
+    assert_eq!(second.objects_read, 0);
+}

@@ -46,7 +46,7 @@ fn s3_code(e: &S3Error) -> u8 {
 
 fn repo_code(e: &RepoError) -> u8 {
     match e {
-        RepoError::InvalidUrl { .. } => 2,
+        RepoError::InvalidUrl { .. } | RepoError::AmbiguousSnapshot { .. } => 2,
         RepoError::S3(s) => s3_code(s),
         RepoError::Backend(crate::repository::backend::BackendError::S3(s)) => s3_code(s),
         RepoError::Lock(LockError::Backend(crate::repository::backend::BackendError::S3(s))) => s3_code(s),

@@ -59,11 +59,12 @@ pub struct SnapshotBucketArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["snapshot", "target_time"])))]
 pub struct RestoreBucketArgs {
     #[command(flatten)]
     pub repo: RepoArgs,
     /// Snapshot id (or a unique prefix of one) to restore.
-    #[arg(long, conflicts_with = "target_time", required_unless_present = "target_time")]
+    #[arg(long, conflicts_with = "target_time")]
     pub snapshot: Option<String>,
     /// Restore the newest complete snapshot whose completion time is at or before this instant (RFC 3339 with an offset, for example 2026-01-15T10:00:00Z).
     #[arg(long)]
@@ -339,7 +340,7 @@ pub async fn restore_bucket(a: RestoreBucketArgs) -> Result<ExitCode, CliError> 
         "{verb} {} of {} objects ({}) from snapshot {} into bucket {:?}; {} already identical",
         if report.dry_run { report.objects - report.identical } else { report.objects_written },
         report.objects,
-        human_bytes(report.bytes),
+        human_bytes(if report.dry_run { report.bytes_to_write } else { report.bytes_written }),
         report.snapshot,
         report.to_bucket,
         report.identical

@@ -51,6 +51,8 @@ pub enum RepoError {
     Corrupt { what: &'static str, key: String, reason: String },
     #[error("snapshot {0} not found; list snapshots with `visage-dr snapshots`")]
     SnapshotNotFound(String),
+    #[error("snapshot reference {reference:?} matches {count} snapshots; give more of the id")]
+    AmbiguousSnapshot { reference: String, count: usize },
     #[error("blob {blob} is not stored in any index; the repository is missing data that a snapshot needs (run `visage-dr check`)")]
     BlobMissing { blob: BlobId },
     #[error("no readable copy of blob {blob}: {problems}")]
@@ -425,11 +427,7 @@ impl Repository {
         match matches.len() {
             1 => Ok(matches.into_iter().next().expect("one match")),
             0 => Err(RepoError::SnapshotNotFound(reference.to_owned())),
-            n => Err(RepoError::Corrupt {
-                what: "snapshot reference",
-                key: reference.to_owned(),
-                reason: format!("it matches {n} snapshots; give more of the id"),
-            }),
+            n => Err(RepoError::AmbiguousSnapshot { reference: reference.to_owned(), count: n }),
         }
     }
 

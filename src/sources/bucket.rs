@@ -143,8 +143,14 @@ pub async fn snapshot(repo: Arc<Repository>, opts: SnapshotOptions) -> Result<Sn
     let source = source_id(&opts.bucket);
     let span = info_span!("snapshot", snapshot.id = %id, snapshot.source = %source);
     async move {
+        // Settings and the bucket are checked before anything is recorded:
+        // a configuration mistake leaves no failed snapshot behind.
+        let settings = S3Settings::resolve("the source bucket", &opts.s3)?;
+        let client = settings.client();
+        head_bucket(&settings, &client, &opts.bucket).await?;
         let lock = repo.lock(LockKind::Shared, &format!("snapshot {source}")).await?;
-        let result = snapshot_locked(&repo, &opts, &id, &source, started, &lock).await;
+        let source_ctx = SourceClient { settings: &settings, client: &client };
+        let result = snapshot_locked(&repo, &opts, &source_ctx, &id, &source, started, &lock).await;
         let outcome = match result {
             Ok(stats) => Ok(stats),
             Err(err) => {
@@ -187,25 +193,62 @@ fn detail(opts: &SnapshotOptions) -> BTreeMap<String, String> {
     ])
 }
 
+/// The source bucket's S3 settings and client.
+struct SourceClient<'a> {
+    settings: &'a S3Settings,
+    client: &'a aws_sdk_s3::Client,
+}
+
+/// The key prefix of the repository when it lives in `bucket` on the same
+/// endpoint as the source, so that a snapshot does not back up its own
+/// repository.
+fn repository_prefix_in(repo: &Repository, bucket: &str, settings: &S3Settings) -> Option<String> {
+    match repo.url() {
+        crate::repository::RepoUrl::S3 { bucket: b, prefix } if b == bucket => {
+            let same_endpoint = repo.options().s3.endpoint.clone().or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
+                == settings.endpoint;
+            same_endpoint.then(|| if prefix.is_empty() { String::new() } else { format!("{prefix}/") })
+        }
+        _ => None,
+    }
+}
+
+/// True when `key` is one of the repository's own objects under `prefix`.
+fn is_repository_key(key: &str, prefix: &str) -> bool {
+    const TOP_LEVEL: [&str; 6] = ["data/", "index/", "snapshots/", "locks/", "damaged/", "catalogue/"];
+    match key.strip_prefix(prefix) {
+        Some(rest) => rest == "config" || TOP_LEVEL.iter().any(|t| rest.starts_with(t)),
+        None => false,
+    }
+}
+
 async fn snapshot_locked(
     repo: &Arc<Repository>,
     opts: &SnapshotOptions,
+    source_client: &SourceClient<'_>,
     id: &SnapshotId,
     source: &str,
     started: DateTime<Utc>,
     lock: &crate::repository::lock::LockGuard,
 ) -> Result<SnapshotStats, BucketError> {
     let clock = std::time::Instant::now();
-    let settings = S3Settings::resolve("the source bucket", &opts.s3)?;
-    let client = settings.client();
+    let (settings, client) = (source_client.settings, source_client.client);
     // The source listing and the parent manifest come from different
     // servers, so they are fetched at the same time.
-    let listing = async {
-        head_bucket(&settings, &client, &opts.bucket).await?;
-        list_objects(&settings, &client, &opts.bucket, &opts.prefix).await
-    };
+    let listing = list_objects(settings, client, &opts.bucket, &opts.prefix);
     let (listed, parent) = tokio::join!(listing, find_parent(repo, source, &opts.prefix));
-    let (listed, parent) = (listed?, parent?);
+    let (mut listed, parent) = (listed?, parent?);
+    if let Some(own) = repository_prefix_in(repo, &opts.bucket, settings) {
+        let before = listed.len();
+        listed.retain(|o| !is_repository_key(&o.key, &own));
+        if listed.len() != before {
+            warn!(
+                repo.prefix = %own,
+                skipped = before - listed.len(),
+                "the repository is inside the source bucket; its own objects are left out of the snapshot"
+            );
+        }
+    }
     let parent_entries: HashMap<String, Entry> = parent
         .as_ref()
         .map(|p| p.entries.iter().map(|e| (e.key.clone(), e.clone())).collect())
@@ -226,8 +269,8 @@ async fn snapshot_locked(
     let read_bytes = AtomicU64::new(0);
 
     let ctx = ReadContext {
-        settings: &settings,
-        client: &client,
+        settings,
+        client,
         bucket: &opts.bucket,
         writer: &writer,
         tags: &tags_supported,
@@ -512,6 +555,8 @@ pub struct RestoreReport {
     pub identical: u64,
     /// Keys whose different content is (or would be) replaced.
     pub overwritten: Vec<String>,
+    /// Bytes of the objects that are (or would be) written.
+    pub bytes_to_write: u64,
     pub objects_written: u64,
     pub bytes_written: u64,
     pub multipart_objects: u64,
@@ -551,6 +596,7 @@ async fn restore_locked(repo: &Arc<Repository>, manifest: &Manifest, opts: &Rest
         bytes: entries.iter().map(|e| e.size).sum(),
         identical: 0,
         overwritten: Vec::new(),
+        bytes_to_write: 0,
         objects_written: 0,
         bytes_written: 0,
         multipart_objects: 0,
@@ -598,6 +644,7 @@ async fn restore_locked(repo: &Arc<Repository>, manifest: &Manifest, opts: &Rest
             sample: sample.join(", "),
         });
     }
+    report.bytes_to_write = to_write.iter().map(|e| e.size).sum();
     if opts.dry_run {
         report.seconds = clock.elapsed().as_secs_f64();
         return Ok(report);
