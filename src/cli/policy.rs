@@ -254,11 +254,20 @@ fn print_file_report(report: &FileReport) {
     println!("{}: valid, time zone {timezone}", report.file);
     let ids: Vec<&str> = report.sources.iter().map(|s| s.id.as_str()).collect();
     println!("sources: {}", ids.join(", "));
-    let local_header = format!("NEXT ({timezone})");
-    print_table(
-        &["SCHEDULE", "EXPRESSION", "NEXT (UTC)", &local_header],
-        &schedule_rows(report),
-    );
+    if timezone == "UTC" {
+        // The local column would repeat the UTC one.
+        let rows: Vec<Vec<String>> = schedule_rows(report).into_iter().map(|mut r| {
+            r.truncate(3);
+            r
+        }).collect();
+        print_table(&["SCHEDULE", "EXPRESSION", "NEXT (UTC)"], &rows);
+    } else {
+        let local_header = format!("NEXT ({timezone})");
+        print_table(
+            &["SCHEDULE", "EXPRESSION", "NEXT (UTC)", &local_header],
+            &schedule_rows(report),
+        );
+    }
 }
 
 /// `visage-dr policy check`: validates policy files and lists the next fire times of each

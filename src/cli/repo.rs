@@ -412,6 +412,11 @@ pub async fn diff(a: DiffArgs) -> Result<ExitCode, CliError> {
     let repo = open(&a.repo).await?;
     let ma = repo.load_manifest(&repo.resolve_snapshot(&a.a).await?).await?;
     let mb = repo.load_manifest(&repo.resolve_snapshot(&a.b).await?).await?;
+    for m in [&ma, &mb] {
+        if !m.is_complete() {
+            eprintln!("warning: snapshot {} is a failed run with no objects: {}", m.id, m.error.as_deref().unwrap_or("no error recorded"));
+        }
+    }
     let d = manifest::diff(&ma, &mb);
     if a.json {
         print_json(&d);
