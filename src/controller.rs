@@ -19,7 +19,7 @@ use crate::schedule::Schedule;
 use crate::scheduler::{check_due, DueCheck};
 use crate::sources::bucket::{self, SnapshotOptions};
 
-/// Which jobs a cycle runs.
+/// Selection of the jobs a cycle runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Selection {
     /// The jobs whose most recent slot has not completed yet.
@@ -60,7 +60,7 @@ pub struct JobReport {
     pub bytes: u64,
     /// Snapshot, backup or record ids the job produced.
     pub ids: Vec<String>,
-    /// Why the job failed or was skipped.
+    /// Reason the job failed or was skipped.
     pub detail: Option<String>,
 }
 
@@ -79,7 +79,7 @@ struct PlannedJob {
     schedule: Option<Schedule>,
 }
 
-/// The policy's jobs in the fixed cycle order: database backups first, then
+/// Lists the policy's jobs in the fixed cycle order: database backups first, then
 /// bucket snapshots, prune (which also applies checkpoint retention), and
 /// verification.
 fn planned_jobs(policy: &Policy) -> Vec<PlannedJob> {
@@ -119,7 +119,7 @@ fn runs_prefix(job: &str) -> String {
     format!("catalogue/runs/{}/", job.replace([':', '/'], "_"))
 }
 
-/// The newest slot of `job` that completed successfully.
+/// Returns the newest slot of `job` that completed successfully.
 async fn last_completed_slot(repo: &Repository, job: &str) -> Result<Option<DateTime<Utc>>, RepoError> {
     let mut newest = None;
     for obj in repo.backend().list(&runs_prefix(job)).await? {

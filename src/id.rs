@@ -82,7 +82,7 @@ macro_rules! digest_id {
         pub struct $name(pub Digest);
 
         impl $name {
-            /// The id of `data`: its SHA-256.
+            /// Computes the id of `data`: its SHA-256.
             pub fn of(data: &[u8]) -> Self {
                 Self(Digest::of(data))
             }
@@ -149,7 +149,7 @@ macro_rules! time_id {
         pub struct $name(String);
 
         impl $name {
-            /// A new id for a run that starts at `at`.
+            /// Creates a new id for a run that starts at `at`.
             pub fn new(at: DateTime<Utc>) -> Self {
                 let suffix: u32 = rand::thread_rng().gen();
                 Self(format!("{}-{:08x}", at.format("%Y%m%dT%H%M%S%.3fZ"), suffix))

@@ -15,7 +15,7 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// A progress display for `total_objects` objects of `total_bytes` bytes.
+    /// Creates a progress display for `total_objects` objects of `total_bytes` bytes.
     /// `enabled` turns the bar off even on a terminal (for `--json`).
     pub fn new(label: &str, total_objects: u64, total_bytes: u64, enabled: bool) -> Self {
         let bar = (enabled && std::io::stderr().is_terminal()).then(|| {
@@ -35,7 +35,7 @@ impl Progress {
         Self { bar, objects: AtomicU64::new(0), bytes: AtomicU64::new(0) }
     }
 
-    /// A progress that draws nothing.
+    /// Creates a progress display that draws nothing.
     pub fn hidden() -> Self {
         Self::new("", 0, 0, false)
     }

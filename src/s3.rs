@@ -261,7 +261,7 @@ impl S3Settings {
         env
     }
 
-    /// The endpoint as shown in messages.
+    /// Returns the endpoint as shown in messages.
     pub fn endpoint_display(&self) -> String {
         self.endpoint
             .clone()

@@ -55,7 +55,8 @@ async fn round_trip_is_byte_identical() {
             let under: Vec<&str> = m.entries_with_prefix("run 1/").map(|e| e.key.as_str()).collect();
             assert_eq!(under, vec!["run 1/step+100.pt"], "{label}");
             let empty = m.entries.iter().find(|e| e.key == "empty").unwrap();
-            assert!(empty.chunks.is_empty() && empty.size == 0, "{label}");
+            assert!(empty.chunks.is_empty(), "{label}");
+            assert_eq!(empty.size, 0, "{label}");
             assert_eq!(m.source, format!("s3:{src}"), "{label}");
 
             let dst = format!("{src}-restored");
@@ -332,7 +333,7 @@ async fn target_time_picks_newest_before() {
 #[tokio::test]
 async fn listing_truncated_without_token_is_an_error() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    // A minimal HTTP server on loopback that answers every request with a
+    // A minimal HTTP server on loopback that returns, for every request, a
     // listing page marked truncated but carrying no continuation token.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -374,7 +375,8 @@ async fn listing_truncated_without_token_is_an_error() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(err.contains("truncated") && err.contains("continuation token"), "{err}");
+    assert!(err.contains("truncated"), "{err}");
+    assert!(err.contains("continuation token"), "{err}");
     server.abort();
 }
 
@@ -395,7 +397,8 @@ async fn bad_credentials_and_unreachable_endpoint() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("credentials"), "{stderr}");
     assert!(stderr.contains(&server.endpoint), "{stderr}");
-    assert!(!stderr.contains(wrong_secret) && !stdout.contains(wrong_secret), "the secret leaked: {stderr}");
+    assert!(!stderr.contains(wrong_secret), "the secret leaked: {stderr}");
+    assert!(!stdout.contains(wrong_secret), "the secret leaked: {stdout}");
 
     // A loopback port with nothing listening.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -407,14 +410,16 @@ async fn bad_credentials_and_unreachable_endpoint() {
     let out = visage_dr(&["snapshot", "bucket", "--repo", &repo, "--bucket", "visage-dr-test"], &env);
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("unreachable") && stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+    assert!(stderr.contains("unreachable"), "{stderr}");
+    assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
     assert!(!stderr.contains(&server.secret_key), "the secret leaked: {stderr}");
 
     // An unknown bucket is named.
     let out = visage_dr(&["snapshot", "bucket", "--repo", &repo, "--bucket", "no-such-bucket-here"], &server.env());
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("no-such-bucket-here") && stderr.contains("not found"), "{stderr}");
+    assert!(stderr.contains("no-such-bucket-here"), "{stderr}");
+    assert!(stderr.contains("not found"), "{stderr}");
 
     // Invalid usage is exit status 2.
     let out = visage_dr(&["snapshot", "bucket", "--repo", "relative/path", "--bucket", "x"], &server.env());

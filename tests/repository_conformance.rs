@@ -75,7 +75,7 @@ async fn blobs_round_trip_and_deduplicate() {
         assert_eq!(writer.stats.blobs_new.load(Ordering::Relaxed), 3, "{name}: a stored once");
         assert_eq!(writer.stats.packs.load(Ordering::Relaxed), 1, "{name}: small blobs share a pack");
 
-        // A new session sees the blobs through the index files.
+        // A new session finds the blobs through the index files.
         let reopened = place.open().await;
         assert_eq!(reopened.read_blob(&id_a).await.unwrap(), a, "{name}");
         assert_eq!(reopened.read_blob(&id_b).await.unwrap(), b, "{name}");

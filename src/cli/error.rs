@@ -1,4 +1,4 @@
-//! The error type of the program edge: one message that says what failed, on
+//! The error type of the program edge: one message that states what failed, on
 //! which value, and what to do next, with the exit status it maps to.
 
 use crate::repository::lock::LockError;
@@ -14,12 +14,12 @@ pub struct CliError {
 }
 
 impl CliError {
-    /// The operation failed (exit status 1).
+    /// Creates an error for a failed operation (exit status 1).
     pub fn failed(message: impl Into<String>) -> Self {
         Self { message: message.into(), code: 1 }
     }
 
-    /// Invalid usage or configuration (exit status 2).
+    /// Creates an error for invalid usage or configuration (exit status 2).
     pub fn usage(message: impl Into<String>) -> Self {
         Self { message: message.into(), code: 2 }
     }

@@ -69,7 +69,7 @@ pub struct RestoreBucketArgs {
     /// Restore the newest complete snapshot whose completion time is at or before this instant (RFC 3339 with an offset, for example 2026-01-15T10:00:00Z).
     #[arg(long)]
     pub target_time: Option<String>,
-    /// With --target-time: the source whose snapshots to consider, for example `s3:visage-uploads`. Needed when the repository holds several.
+    /// With --target-time: the source whose snapshots to consider, for example `s3:visage-uploads`. Needed when the repository contains several.
     #[arg(long)]
     pub source: Option<String>,
     /// Bucket to write into. It is created when missing.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::Utc;
 use clap::Args;
 
-use super::prune::{load_policy, open_policy_repo};
+use super::prune::load_policy;
 use super::repo::{human_bytes, print_table};
 use super::CliError;
 use crate::controller::{self, CycleOptions, JobResult, Selection};
@@ -53,17 +53,12 @@ pub async fn run(a: RunArgs) -> Result<ExitCode, CliError> {
         (None, false) => Selection::Due,
     };
     // The first run against a new repository initialises it.
-    let repo = match open_policy_repo(&policy).await {
-        Ok(repo) => repo,
-        Err(_) => {
-            let url: RepoUrl = policy.repository.url.parse()?;
-            let options = RepoOptions {
-                s3: policy.repository.s3.clone().unwrap_or_default(),
-                ..RepoOptions::default()
-            };
-            std::sync::Arc::new(Repository::open_or_init(&url, options).await?)
-        }
+    let url: RepoUrl = policy.repository.url.parse()?;
+    let options = RepoOptions {
+        s3: policy.repository.s3.clone().unwrap_or_default(),
+        ..RepoOptions::default()
     };
+    let repo = std::sync::Arc::new(Repository::open_or_init(&url, options).await?);
     let opts = CycleOptions {
         selection,
         now: Utc::now(),

@@ -15,14 +15,14 @@ pub struct DatabaseSpec {
     /// Name used on the command line (`--name`) and in reports.
     pub name: String,
     pub driver: Driver,
-    /// Where barman-cloud stores base backups and WAL.
+    /// Object store in which barman-cloud keeps base backups and WAL.
     pub object_store: ObjectStore,
     /// Backup schedule (5-field crontab); a database without one can still be restored.
     #[serde(default)]
     pub schedule: Option<String>,
     #[serde(default)]
     pub retention: Option<RetentionRules>,
-    /// How the local driver reaches the server (`driver: local` only).
+    /// Connection settings of the local driver (`driver: local` only).
     #[serde(default)]
     pub connection: Option<Connection>,
     /// CNPG Cluster name (`driver: cnpg` only).
@@ -36,7 +36,7 @@ pub struct DatabaseSpec {
     pub method: Option<CnpgMethod>,
 }
 
-/// Which driver takes backups and performs restores.
+/// Driver that takes backups and performs restores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Driver {
@@ -81,7 +81,7 @@ pub struct ObjectStore {
     pub secret_access_key_file: Option<PathBuf>,
 }
 
-/// How the local driver connects to PostgreSQL.
+/// Connection settings of the local driver.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Connection {

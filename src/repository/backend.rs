@@ -2,7 +2,7 @@
 //!
 //! Both store whole objects under keys relative to the repository root. A
 //! write returns only after the store acknowledged it (S3) or the file was
-//! fsynced and renamed into place (local directory); callers that must check
+//! fsynced and renamed into place (local directory). Callers that must check
 //! the stored length (design rule 1) follow it with [`Backend::head`].
 
 use std::path::{Path, PathBuf};
@@ -77,7 +77,7 @@ impl Counters {
 /// Object storage under a repository root.
 #[async_trait]
 pub trait Backend: Send + Sync {
-    /// A description for messages: the repository URL.
+    /// Returns the repository URL, for messages.
     fn location(&self) -> String;
 
     /// Stores `data` at `key`, replacing any object there, and returns once
@@ -452,7 +452,7 @@ pub struct ListedObject {
 }
 
 /// Lists every object under `prefix`, following continuation tokens. A page
-/// that says it is truncated but carries no continuation token is an error,
+/// marked truncated but carries no continuation token is an error,
 /// never a silently short listing.
 pub async fn list_objects(
     settings: &S3Settings,

@@ -69,7 +69,7 @@ impl std::fmt::Display for Problem {
     }
 }
 
-/// What `check` found.
+/// Findings of `check`.
 #[derive(Debug, Default, Serialize)]
 pub struct CheckReport {
     pub snapshots: usize,

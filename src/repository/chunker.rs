@@ -1,6 +1,6 @@
 //! Content-defined chunking of a byte stream with FastCDC (2020 variant).
 //!
-//! The chunker holds at most one maximum-size chunk plus one incoming buffer,
+//! The chunker keeps at most one maximum-size chunk plus one incoming buffer,
 //! so memory stays bounded whatever the object size.
 
 use bytes::{Bytes, BytesMut};
@@ -95,7 +95,8 @@ mod tests {
         let chunks = chunks_of(&data, 100_000);
         assert_eq!(chunks.concat(), data);
         for c in &chunks[..chunks.len() - 1] {
-            assert!(c.len() >= MIN_SIZE as usize && c.len() <= MAX_SIZE as usize, "{}", c.len());
+            assert!(c.len() >= MIN_SIZE as usize, "{}", c.len());
+            assert!(c.len() <= MAX_SIZE as usize, "{}", c.len());
         }
     }
 

@@ -140,7 +140,7 @@ impl MasterIndex {
         self.damaged.iter()
     }
 
-    /// Every blob with its copies.
+    /// Returns every blob with its copies.
     pub fn blobs(&self) -> impl Iterator<Item = (&BlobId, &Vec<BlobLocation>)> {
         self.blobs.iter()
     }

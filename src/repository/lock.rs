@@ -50,7 +50,7 @@ pub enum LockKind {
 pub struct LockInfo {
     pub id: LockId,
     pub kind: LockKind,
-    /// What the holder is doing, such as `snapshot s3:visage-uploads`.
+    /// Work the holder is doing, such as `snapshot s3:visage-uploads`.
     pub purpose: String,
     pub hostname: String,
     pub pid: u32,

@@ -10,7 +10,7 @@ use crate::id::{BlobId, Digest, SnapshotId};
 /// Manifest format version written by this code.
 pub const MANIFEST_VERSION: u32 = 1;
 
-/// What kind of source a snapshot records.
+/// Kind of source a snapshot records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SnapshotKind {
@@ -71,7 +71,7 @@ impl Manifest {
         self.status == SnapshotStatus::Complete
     }
 
-    /// The entries whose key starts with `prefix`.
+    /// Returns the entries whose key starts with `prefix`.
     pub fn entries_with_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a Entry> + 'a {
         self.entries.iter().filter(move |e| e.key.starts_with(prefix))
     }
@@ -164,7 +164,7 @@ impl<'de> Deserialize<'de> for Digest {
     }
 }
 
-/// What changed between two snapshots.
+/// Changes between two snapshots.
 #[derive(Debug, Default, Serialize)]
 pub struct Diff {
     pub added: Vec<String>,

@@ -74,7 +74,7 @@ struct OpenPack {
 }
 
 impl OpenPack {
-    /// An empty pack whose buffer fits `pack_size` plus one largest frame,
+    /// Creates an empty pack whose buffer fits `pack_size` plus one largest frame,
     /// so that it never grows by doubling past the pack size.
     fn new(pack_size: usize) -> Self {
         let capacity = pack_size + super::chunker::MAX_SIZE as usize + 64 * 1024;

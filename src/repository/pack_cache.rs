@@ -15,7 +15,7 @@ use super::{RepoError, Repository};
 use crate::id::{BlobId, PackId};
 
 /// Packs larger than this are read blob by blob with ranged requests, so
-/// the cache never holds more than `capacity` times this many bytes.
+/// the cache never keeps more than `capacity` times this many bytes.
 const MAX_CACHED_PACK: u64 = 32 * 1024 * 1024;
 
 type PackFuture = Shared<BoxFuture<'static, Result<Bytes, Arc<RepoError>>>>;
@@ -28,7 +28,7 @@ pub struct PackCache {
 }
 
 impl PackCache {
-    /// A cache holding up to `capacity` packs.
+    /// Creates a cache that keeps up to `capacity` packs.
     pub fn new(repo: Arc<Repository>, capacity: usize) -> Self {
         Self { repo, capacity: capacity.max(1), packs: Mutex::new(VecDeque::new()) }
     }

@@ -199,7 +199,7 @@ struct SourceClient<'a> {
     client: &'a aws_sdk_s3::Client,
 }
 
-/// The key prefix of the repository when it lives in `bucket` on the same
+/// Returns the key prefix of the repository when it lives in `bucket` on the same
 /// endpoint as the source, so that a snapshot does not back up its own
 /// repository.
 fn repository_prefix_in(repo: &Repository, bucket: &str, settings: &S3Settings) -> Option<String> {

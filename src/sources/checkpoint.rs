@@ -337,7 +337,7 @@ impl Upload {
         parent: Option<SnapshotId>,
     ) -> Result<(CheckpointRecord, UploadStats), RepoError> {
         let writer = self.writer.take().expect("commit needs an upload that stores");
-        let lock = self.lock.take().expect("an upload that stores holds a lock");
+        let lock = self.lock.take().expect("a storing upload has taken the repository lock");
         let result = async {
             writer.finish().await?;
             lock.ensure_held().await?;

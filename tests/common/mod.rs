@@ -60,7 +60,7 @@ pub fn moto() -> Option<S3Server> {
     })
 }
 
-/// Every configured S3 server.
+/// Returns every configured S3 server.
 pub fn s3_servers() -> Vec<S3Server> {
     [garage(), moto()].into_iter().flatten().collect()
 }
@@ -143,7 +143,7 @@ impl S3Server {
         self.client().delete_object().bucket(bucket).key(key).send().await.unwrap();
     }
 
-    /// Every key of a bucket with its content's SHA-256 (hex).
+    /// Returns every key of a bucket with its content's SHA-256 (hex).
     pub async fn contents(&self, bucket: &str) -> BTreeMap<String, String> {
         let client = self.client();
         let mut out = BTreeMap::new();
@@ -242,7 +242,7 @@ impl RepoPlace {
     }
 }
 
-/// A local repository and one on each configured S3 server.
+/// Creates a local repository place and one on each configured S3 server.
 pub async fn repo_places(hint: &str) -> Vec<RepoPlace> {
     let mut places = vec![RepoPlace::Local(tempfile::tempdir().unwrap())];
     for server in s3_servers() {
