@@ -20,6 +20,8 @@
 //!   slots, overlap and injectable time.
 //! - [`retention`]: the keep rules, with restic's `forget` semantics.
 //! - [`prune`]: retention applied to a repository, with guard rails.
+//! - [`kube_api`]: every Kubernetes API call the code makes, which the RBAC
+//!   rules in `deploy/` grant.
 //! - [`controller`]: one cycle of policy jobs (`visage-dr run`), recorded per
 //!   schedule slot.
 //! - [`server`]: the checkpoint HTTP API that GPU workers push to.
@@ -29,6 +31,7 @@
 pub mod cli;
 pub mod controller;
 pub mod id;
+pub mod kube_api;
 pub mod policy;
 pub mod postgres;
 pub mod progress;
