@@ -105,6 +105,8 @@ pub enum LocalError {
     RecoveryFailed { status: String, reason: String, log: PathBuf },
     #[error("recovery did not finish within {seconds} s, so the instance was stopped; the log is {log}")]
     RecoveryTimedOut { seconds: u64, log: PathBuf },
+    #[error("cannot connect to the restored instance on port {port}: {reason}")]
+    Connect { port: u16, reason: String },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -628,6 +630,12 @@ pub struct RestoredInstance {
 }
 
 impl RestoredInstance {
+    /// Connects to the restored instance through its Unix socket, as the
+    /// role of the policy's connection, with that connection's password.
+    pub async fn connect(&self, connection: Option<&Connection>) -> Result<tokio_postgres::Client, LocalError> {
+        connect_socket(&self.socket_dir, self.port, &self.user, &self.dbname, connection).await
+    }
+
     /// Stops the instance with `pg_ctl stop -m fast` and waits for the postmaster to exit.
     pub async fn stop(mut self) -> Result<(), LocalError> {
         stop_server(&self.server_bin, &self.data_dir, self.os_user.as_ref()).await?;
@@ -776,6 +784,33 @@ fn write_recovery_files(plan: &RestorePlan, user: Option<&OsUser>) -> Result<(),
     let signal = data.join("recovery.signal");
     std::fs::write(&signal, b"").map_err(io_error("create", &signal))?;
     chown(&signal, user)
+}
+
+/// Connects to an instance through the Unix socket in `socket_dir`, with the
+/// password of `connection` if it has a password file.
+pub async fn connect_socket(
+    socket_dir: &Path,
+    port: u16,
+    user: &str,
+    dbname: &str,
+    connection: Option<&Connection>,
+) -> Result<tokio_postgres::Client, LocalError> {
+    let password = connection.map(read_password).transpose()?.flatten();
+    let mut config = tokio_postgres::Config::new();
+    config.host_path(socket_dir).port(port).user(user).dbname(dbname).connect_timeout(Duration::from_secs(10));
+    if let Some(password) = &password {
+        config.password(password);
+    }
+    let (client, conn) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| LocalError::Connect { port, reason: e.to_string() })?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            debug!(error = %e, "connection to the restored instance ended");
+        }
+    });
+    Ok(client)
 }
 
 /// Checks whether the instance has left recovery: `Some(true)` once `pg_is_in_recovery()` is false,

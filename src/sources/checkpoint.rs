@@ -463,3 +463,92 @@ mod tests {
         assert!(validate_name("job", RESERVED_STEP).is_ok());
     }
 }
+
+/// Failure to write a checkpoint from the repository into a file.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreFileError {
+    #[error(transparent)]
+    Repository(#[from] RepoError),
+    #[error("{op} {path} failed: {source}")]
+    Io {
+        op: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("checkpoint {job}/{step} of snapshot {snapshot} read back with SHA-256 {actual}, not the recorded {expected}; run `visage-dr check --read-data` on the repository")]
+    HashMismatch { job: String, step: String, snapshot: SnapshotId, expected: String, actual: String },
+}
+
+/// Whether [`restore_to_file`] wrote the file or found it already there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileRestore {
+    Written,
+    AlreadyPresent,
+}
+
+fn file_sha256(path: &std::path::Path) -> std::io::Result<Digest> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(hasher.finish());
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+/// Writes the content of `record` to `path`, chunk by chunk, and checks its
+/// SHA-256 before renaming the file into place. A file already at `path`
+/// with the recorded size and hash is left as it is, so an interrupted
+/// restore resumes where it stopped.
+pub async fn restore_to_file(repo: &Repository, record: &CheckpointRecord, path: &std::path::Path) -> Result<FileRestore, RestoreFileError> {
+    use std::io::Write;
+    let io = |op: &'static str, p: &std::path::Path| {
+        let path = p.to_path_buf();
+        move |source| RestoreFileError::Io { op, path, source }
+    };
+    if std::fs::metadata(path).is_ok_and(|m| m.len() == record.size) && file_sha256(path).map_err(io("read", path))? == record.sha256 {
+        return Ok(FileRestore::AlreadyPresent);
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io("create", parent))?;
+    }
+    let partial = path.with_extension("partial");
+    let mut file = std::fs::File::create(&partial).map_err(io("create", &partial))?;
+    let mut hasher = Hasher::new();
+    for chunk in &record.chunks {
+        let data = repo.read_blob(chunk).await?;
+        hasher.update(&data);
+        file.write_all(&data).map_err(io("write", &partial))?;
+    }
+    file.sync_all().map_err(io("sync", &partial))?;
+    let actual = hasher.finish();
+    if actual != record.sha256 {
+        let _ = std::fs::remove_file(&partial);
+        return Err(RestoreFileError::HashMismatch {
+            job: record.job.clone(),
+            step: record.step.clone(),
+            snapshot: record.snapshot.clone(),
+            expected: record.sha256.to_hex(),
+            actual: actual.to_hex(),
+        });
+    }
+    std::fs::rename(&partial, path).map_err(io("rename", &partial))?;
+    Ok(FileRestore::Written)
+}
+
+/// Returns, per training job, the newest checkpoint pushed at or before `target`.
+pub async fn newest_at(catalogue: &Catalogue, target: DateTime<Utc>) -> BTreeMap<String, CheckpointRecord> {
+    let mut out = BTreeMap::new();
+    for job in catalogue.last_push_times().await.into_keys() {
+        if let Some(r) = catalogue.job(&job).await.into_iter().filter(|r| r.time <= target).max_by_key(|r| r.time) {
+            out.insert(job, r);
+        }
+    }
+    out
+}
