@@ -57,7 +57,10 @@ pub struct JobReport {
     /// The schedule slot the run belongs to; the start instant for `--job` and `--all`.
     pub slot: Option<DateTime<Utc>>,
     pub seconds: f64,
+    /// Bytes the job wrote to the repository (freed, for prune).
     pub bytes: u64,
+    /// Objects the job read or recorded: a snapshot's objects.
+    pub objects: u64,
     /// Snapshot, backup or record ids the job produced.
     pub ids: Vec<String>,
     /// Reason the job failed or was skipped.
@@ -104,6 +107,21 @@ pub fn job_names(policy: &Policy) -> Vec<String> {
     planned_jobs(policy).into_iter().map(|j| j.name).collect()
 }
 
+/// The policy's jobs with their schedules, in cycle order; `None` for a job
+/// that runs only when asked for.
+pub fn job_schedules(policy: &Policy) -> Vec<(String, Option<Schedule>)> {
+    planned_jobs(policy).into_iter().map(|j| (j.name, j.schedule)).collect()
+}
+
+/// Typical time between two slots of `schedule` after `now`: the gap between
+/// its next two fire times.
+pub fn schedule_interval(schedule: &Schedule, now: DateTime<Utc>) -> Option<Duration> {
+    match schedule.upcoming(now, 2).as_slice() {
+        [a, b] => (*b - *a).to_std().ok(),
+        _ => None,
+    }
+}
+
 /// A completed run of a job, stored under `catalogue/runs/`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunRecord {
@@ -119,13 +137,15 @@ fn runs_prefix(job: &str) -> String {
     format!("catalogue/runs/{}/", job.replace([':', '/'], "_"))
 }
 
-/// Returns the newest slot of `job` that completed successfully.
-async fn last_completed_slot(repo: &Repository, job: &str) -> Result<Option<DateTime<Utc>>, RepoError> {
-    let mut newest = None;
+/// Returns the record of the newest slot of `job` that completed successfully.
+pub async fn last_success(repo: &Repository, job: &str) -> Result<Option<RunRecord>, RepoError> {
+    let mut newest: Option<RunRecord> = None;
     for obj in repo.backend().list(&runs_prefix(job)).await? {
         let data = repo.backend().get(&obj.key).await?;
         match serde_json::from_slice::<RunRecord>(&data) {
-            Ok(r) if r.result == JobResult::Succeeded => newest = newest.max(Some(r.slot)),
+            Ok(r) if r.result == JobResult::Succeeded && newest.as_ref().is_none_or(|n| r.slot > n.slot) => {
+                newest = Some(r)
+            }
             Ok(_) => {}
             Err(e) => warn!(s3.key = %obj.key, error = %e, "ignoring an unreadable run record"),
         }
@@ -167,7 +187,7 @@ pub async fn run_cycle(policy: &Policy, repo: Arc<Repository>, opts: &CycleOptio
                     reports.push(skipped(job, None, "the job has no schedule".into()));
                     continue;
                 };
-                let last = last_completed_slot(&repo, &job.name).await?;
+                let last = last_success(&repo, &job.name).await?.map(|r| r.slot);
                 match check_due(schedule, opts.now, last, Some(opts.starting_deadline)) {
                     DueCheck::Due { slot } => slot,
                     DueCheck::AlreadyDone { slot } => {
@@ -182,22 +202,37 @@ pub async fn run_cycle(policy: &Policy, repo: Arc<Repository>, opts: &CycleOptio
                 }
             }
         };
-        let span = info_span!("job", job.name = %job.name, job.slot = %rfc3339(slot));
-        let report = run_job(policy, &repo, job, slot, opts).instrument(span).await;
-        if report.result == JobResult::Succeeded {
-            let record = RunRecord {
-                job: job.name.clone(),
-                slot,
-                started: opts.now,
-                finished: Utc::now(),
-                result: report.result,
-                ids: report.ids.clone(),
-            };
-            write_run_record(&repo, &record).await?;
-        }
-        reports.push(report);
+        reports.push(run_and_record(policy, &repo, job, slot, opts.progress).await?);
     }
     Ok(reports)
+}
+
+/// Runs the job named `name` for `slot`, as `visage-dr serve` does when a
+/// slot fires, and records a successful run under the slot.
+///
+/// # Errors
+///
+/// [`RepoError`] when the run record cannot be written. A job that fails is
+/// not an error: its report says `failed`, with the reason.
+pub async fn run_scheduled(policy: &Policy, repo: Arc<Repository>, name: &str, slot: DateTime<Utc>) -> Result<JobReport, RepoError> {
+    let jobs = planned_jobs(policy);
+    let Some(job) = jobs.iter().find(|j| j.name == name) else {
+        let detail = format!("the policy in force has no job {name:?}");
+        warn!(job.name = %name, "{detail}");
+        return Ok(JobReport { job: name.to_owned(), result: JobResult::Failed, slot: Some(slot), seconds: 0.0, bytes: 0, objects: 0, ids: Vec::new(), detail: Some(detail) });
+    };
+    run_and_record(policy, &repo, job, slot, false).await
+}
+
+async fn run_and_record(policy: &Policy, repo: &Arc<Repository>, job: &PlannedJob, slot: DateTime<Utc>, progress: bool) -> Result<JobReport, RepoError> {
+    let started = Utc::now();
+    let span = info_span!("job", job.name = %job.name, job.slot = %rfc3339(slot));
+    let report = run_job(policy, repo, job, slot, progress).instrument(span).await;
+    if report.result == JobResult::Succeeded {
+        let record = RunRecord { job: job.name.clone(), slot, started, finished: Utc::now(), result: report.result, ids: report.ids.clone() };
+        write_run_record(repo, &record).await?;
+    }
+    Ok(report)
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {
@@ -206,10 +241,10 @@ fn rfc3339(t: DateTime<Utc>) -> String {
 
 fn skipped(job: &PlannedJob, slot: Option<DateTime<Utc>>, detail: String) -> JobReport {
     info!(job.name = %job.name, reason = %detail, "job skipped");
-    JobReport { job: job.name.clone(), result: JobResult::Skipped, slot, seconds: 0.0, bytes: 0, ids: Vec::new(), detail: Some(detail) }
+    JobReport { job: job.name.clone(), result: JobResult::Skipped, slot, seconds: 0.0, bytes: 0, objects: 0, ids: Vec::new(), detail: Some(detail) }
 }
 
-async fn run_job(policy: &Policy, repo: &Arc<Repository>, job: &PlannedJob, slot: DateTime<Utc>, opts: &CycleOptions) -> JobReport {
+async fn run_job(policy: &Policy, repo: &Arc<Repository>, job: &PlannedJob, slot: DateTime<Utc>, progress: bool) -> JobReport {
     let clock = std::time::Instant::now();
     let mut report = JobReport {
         job: job.name.clone(),
@@ -217,6 +252,7 @@ async fn run_job(policy: &Policy, repo: &Arc<Repository>, job: &PlannedJob, slot
         slot: Some(slot),
         seconds: 0.0,
         bytes: 0,
+        objects: 0,
         ids: Vec::new(),
         detail: None,
     };
@@ -226,7 +262,8 @@ async fn run_job(policy: &Policy, repo: &Arc<Repository>, job: &PlannedJob, slot
             let db = &policy.postgres[*i];
             match db.spec.driver {
                 Driver::Local => {
-                    let (record, error) = match local::backup(&db.spec, &local::Tools::from_env()).await {
+                    let tools = local::Tools::from_env();
+                    let (record, error) = match local::backup(&db.spec, &tools).await {
                         Ok(r) => (r, None),
                         Err(f) => (f.record, Some(f.error.to_string())),
                     };
@@ -251,13 +288,14 @@ async fn run_job(policy: &Policy, repo: &Arc<Repository>, job: &PlannedJob, slot
                     s3: b.s3.clone(),
                     concurrency: bucket::DEFAULT_CONCURRENCY,
                     tags: true,
-                    progress: opts.progress,
+                    progress,
                 },
             )
             .await;
             match snapshot {
                 Ok(stats) => {
                     report.bytes = stats.bytes_new;
+                    report.objects = stats.objects;
                     report.ids.push(stats.snapshot.to_string());
                     Ok(())
                 }
@@ -285,16 +323,20 @@ async fn run_job(policy: &Policy, repo: &Arc<Repository>, job: &PlannedJob, slot
 async fn prune_job(policy: &Policy, repo: &Arc<Repository>, report: &mut JobReport) -> Result<(), String> {
     let summaries: Vec<_> = repo.load_manifests().await.map_err(|e| e.to_string())?.iter().map(|m| m.summary()).collect();
     let verified = prune::verified_snapshots(repo).await.map_err(|e| e.to_string())?;
-    let rules_for = |source: &str| policy.retention_for(source).cloned();
     let p = policy.prune.as_ref().expect("the prune job exists only with a prune section");
-    let settings = PruneSettings {
-        rules_for: &rules_for,
-        tz: policy.timezone,
-        now: Utc::now(),
-        max_snapshot_age: p.max_snapshot_age.and_then(|d| d.to_std()).and_then(|d| chrono::Duration::from_std(d).ok()),
-        force: false,
+    // The settings borrow a closure that is not Sync, so they end before the
+    // next await and the job's future stays Send.
+    let plan = {
+        let rules_for = |source: &str| policy.retention_for(source).cloned();
+        let settings = PruneSettings {
+            rules_for: &rules_for,
+            tz: policy.timezone,
+            now: Utc::now(),
+            max_snapshot_age: p.max_snapshot_age.and_then(|d| d.to_std()).and_then(|d| chrono::Duration::from_std(d).ok()),
+            force: false,
+        };
+        prune::plan(&summaries, &verified, &settings).map_err(|e| e.to_string())?
     };
-    let plan = prune::plan(&summaries, &verified, &settings).map_err(|e| e.to_string())?;
     let grace = p.gc_grace.to_std().unwrap_or(crate::repository::gc::DEFAULT_GRACE);
     let done = prune::execute(repo, &plan, grace).await.map_err(|e| e.to_string())?;
     report.bytes = done.gc.bytes_freed;

@@ -24,6 +24,8 @@
 //!   rules in `deploy/` grant.
 //! - [`controller`]: one cycle of policy jobs (`visage-dr run`), recorded per
 //!   schedule slot.
+//! - [`service`]: the long-running controller of `visage-dr serve`: the
+//!   scheduler firing policy jobs, policy reload, job metrics and shutdown.
 //! - [`server`]: the checkpoint HTTP API that GPU workers push to.
 //! - [`progress`]: progress bars for long work on a terminal.
 //! - [`cli`]: the `visage-dr` command line, its error type and exit codes.
@@ -42,5 +44,6 @@ pub mod s3;
 pub mod schedule;
 pub mod scheduler;
 pub mod server;
+pub mod service;
 pub mod sources;
 pub mod units;

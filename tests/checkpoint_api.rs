@@ -36,7 +36,7 @@ impl Fixture {
             &format!("# test tokens\n{PUSH_TOKEN} push,read\n{READ_TOKEN} read\n{ADMIN_TOKEN} admin\n"),
         )
         .unwrap();
-        let config = ServerConfig { tokens, max_size: MAX_SIZE, body_idle_timeout: Duration::from_secs(10) };
+        let config = ServerConfig::new(tokens, MAX_SIZE, Duration::from_secs(10));
         let listen = ListenConfig { addr: "127.0.0.1:0".parse().unwrap(), tls: None, insecure_http: false };
         let server = server::start(repo.clone(), config, &listen).await.expect("server starts");
         let addr = server.addr;
@@ -398,7 +398,7 @@ async fn metrics_and_health_from_start() {
     assert!(text.contains("visage_dr_checkpoint_push_bytes_total 3"), "{text}");
     // The gauge has a series per job, so it appears with the first checkpoint.
     assert!(text.contains("# TYPE visage_dr_checkpoint_last_push_timestamp_seconds gauge"), "{text}");
-    assert!(text.contains("visage_dr_checkpoint_last_push_timestamp_seconds{job=\"job-m\"}"), "{text}");
+    assert!(text.contains("visage_dr_checkpoint_last_push_timestamp_seconds{checkpoint_job=\"job-m\"}"), "{text}");
 
     assert_eq!(f.http.get(f.url("/healthz")).send().await.unwrap().status(), StatusCode::OK);
     assert_eq!(f.http.get(f.url("/readyz")).send().await.unwrap().status(), StatusCode::OK);

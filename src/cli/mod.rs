@@ -145,6 +145,24 @@ pub struct RepoArgs {
     #[arg(long, env = "VISAGE_DR_REPO")]
     pub repo: String,
 
+    #[command(flatten)]
+    pub s3: RepoS3Args,
+
+    /// Seconds to wait for a conflicting repository lock to be released.
+    #[arg(long, default_value_t = 0, value_name = "SECONDS")]
+    pub lock_wait: u64,
+}
+
+impl RepoArgs {
+    pub fn s3(&self) -> S3Overrides {
+        self.s3.s3()
+    }
+}
+
+/// The S3 settings to reach a repository, each overriding the standard AWS
+/// environment for the repository only.
+#[derive(Debug, Clone, Args)]
+pub struct RepoS3Args {
     /// S3 endpoint of the repository; overrides AWS_ENDPOINT_URL for the repository only.
     #[arg(long, env = "VISAGE_DR_REPO_S3_ENDPOINT")]
     pub repo_s3_endpoint: Option<String>,
@@ -160,13 +178,9 @@ pub struct RepoArgs {
     /// File holding the repository's secret access key.
     #[arg(long, env = "VISAGE_DR_REPO_SECRET_ACCESS_KEY_FILE")]
     pub repo_secret_access_key_file: Option<std::path::PathBuf>,
-
-    /// Seconds to wait for a conflicting repository lock to be released.
-    #[arg(long, default_value_t = 0, value_name = "SECONDS")]
-    pub lock_wait: u64,
 }
 
-impl RepoArgs {
+impl RepoS3Args {
     pub fn s3(&self) -> S3Overrides {
         S3Overrides {
             endpoint: self.repo_s3_endpoint.clone(),

@@ -12,6 +12,7 @@ use super::repo::{human_bytes, print_table};
 use super::CliError;
 use crate::controller::{self, CycleOptions, JobResult, Selection};
 use crate::repository::{RepoOptions, RepoUrl, Repository};
+use crate::server::metrics;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -33,6 +34,9 @@ pub struct RunArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Pushgateway to push each run job's figures to (last success, status, duration, bytes, objects), since a CronJob ends before Prometheus could scrape it.
+    #[arg(long, env = "VISAGE_DR_PUSHGATEWAY", value_name = "URL")]
+    pub pushgateway: Option<String>,
 }
 
 pub async fn run(a: RunArgs) -> Result<ExitCode, CliError> {
@@ -65,7 +69,7 @@ pub async fn run(a: RunArgs) -> Result<ExitCode, CliError> {
         starting_deadline: Duration::from_secs(a.starting_deadline),
         progress: !a.json,
     };
-    let reports = controller::run_cycle(&policy, repo, &opts).await?;
+    let reports = controller::run_cycle(&policy, repo.clone(), &opts).await?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&reports).expect("reports serialise"));
     } else {
@@ -84,9 +88,29 @@ pub async fn run(a: RunArgs) -> Result<ExitCode, CliError> {
             .collect();
         print_table(&["JOB", "RESULT", "DURATION", "BYTES", "IDS", "DETAIL"], &rows);
     }
+    if let Some(gateway) = &a.pushgateway {
+        push_reports(gateway, &policy, &repo, &reports).await?;
+    }
     let failed = reports.iter().filter(|r| r.result == JobResult::Failed).count();
     if failed > 0 {
         return Err(CliError::failed(format!("{failed} job(s) failed; see the summary above")));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Pushes the figures of every job that ran (skipped jobs keep what an
+/// earlier run pushed).
+async fn push_reports(gateway: &str, policy: &crate::policy::Policy, repo: &Repository, reports: &[controller::JobReport]) -> Result<(), CliError> {
+    let schedules: std::collections::HashMap<String, Option<crate::schedule::Schedule>> =
+        controller::job_schedules(policy).into_iter().collect();
+    for report in reports.iter().filter(|r| r.result != JobResult::Skipped) {
+        let interval = schedules
+            .get(&report.job)
+            .and_then(|s| s.as_ref())
+            .and_then(|s| controller::schedule_interval(s, Utc::now()))
+            .map_or(0.0, |d| d.as_secs_f64());
+        let last = controller::last_success(repo, &report.job).await?.map(|r| r.finished.timestamp_millis() as f64 / 1000.0);
+        metrics::push_job(gateway, report, interval, last).await.map_err(|e| CliError::failed(e.to_string()))?;
+    }
+    Ok(())
 }

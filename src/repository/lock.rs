@@ -257,6 +257,21 @@ impl Drop for LockGuard {
     }
 }
 
+/// Removes the locks that this process holds, for a shutdown that abandoned
+/// work in flight, and returns what was removed.
+pub async fn remove_own_locks(backend: &DynBackend) -> Result<Vec<LockInfo>, LockError> {
+    let (host, pid) = (hostname(), std::process::id());
+    let mut removed = Vec::new();
+    for (key, info) in list_locks(backend).await? {
+        if info.hostname == host && info.pid == pid {
+            backend.delete(&key).await?;
+            info!(lock.id = %info.id, lock.purpose = %info.purpose, "lock of an abandoned run released");
+            removed.push(info);
+        }
+    }
+    Ok(removed)
+}
+
 /// Removes stale locks (or all locks with `all`) and returns what was removed.
 pub async fn remove_locks(
     backend: &DynBackend,

@@ -411,9 +411,9 @@ impl Repository {
         let ids = self.snapshot_ids().await?;
         let mut out = Vec::with_capacity(ids.len());
         // Bounded concurrency: manifests can be large.
-        let mut stream = futures::stream::iter(ids.iter().map(|id| self.load_manifest(id)))
-            .buffered(8);
         use futures::StreamExt;
+        // Owned ids keep the stream's future Send for callers that spawn it.
+        let mut stream = futures::stream::iter(ids).map(|id| async move { self.load_manifest(&id).await }).buffered(8);
         while let Some(m) = stream.next().await {
             out.push(m?);
         }

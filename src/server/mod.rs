@@ -54,6 +54,17 @@ pub struct ServerConfig {
     /// Largest checkpoint accepted, in bytes.
     pub max_size: u64,
     pub body_idle_timeout: Duration,
+    /// Metrics shared with the controller, exported on `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// `/readyz` also requires a loaded policy (serve with `--policy`).
+    pub require_policy: bool,
+}
+
+impl ServerConfig {
+    /// Settings with fresh metrics and no policy requirement.
+    pub fn new(tokens: TokenSet, max_size: u64, body_idle_timeout: Duration) -> ServerConfig {
+        ServerConfig { tokens, max_size, body_idle_timeout, metrics: Arc::new(Metrics::new()), require_policy: false }
+    }
 }
 
 /// Listening address and transport settings.
@@ -130,7 +141,8 @@ pub(crate) struct AppState {
     body_idle_timeout: Duration,
     catalogue: Catalogue,
     step_locks: StepLocks,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
+    require_policy: bool,
 }
 
 /// Checks the request's token for `needed`: 401 without a known token, 403
@@ -161,7 +173,7 @@ fn path_names(path: Result<Path<(String, String)>, PathRejection>) -> Result<(St
 pub async fn router(repo: Arc<Repository>, config: ServerConfig) -> Result<Router, ServerError> {
     let catalogue = Catalogue::new();
     catalogue.refresh(&repo).await?;
-    let metrics = Metrics::new();
+    let metrics = config.metrics;
     for (job, time) in catalogue.last_push_times().await {
         metrics.set_last_push(&job, time.timestamp_millis() as f64 / 1000.0);
     }
@@ -173,6 +185,7 @@ pub async fn router(repo: Arc<Repository>, config: ServerConfig) -> Result<Route
         catalogue,
         step_locks: StepLocks::default(),
         metrics,
+        require_policy: config.require_policy,
     });
     Ok(Router::new()
         .route("/healthz", get(healthz))
@@ -219,10 +232,18 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-/// 200 when the repository's `config` object can be read.
+/// 200 when the policy is loaded (for serve with `--policy`) and the
+/// repository's `config` object can be read.
 async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {
+    if state.require_policy && !state.metrics.policy_loaded() {
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "no valid policy is loaded yet"));
+    }
     match state.repo.backend().head("config").await {
-        Ok(Some(_)) => Ok(Json(serde_json::json!({ "status": "ready" }))),
+        Ok(Some(_)) => Ok(Json(serde_json::json!({
+            "status": "ready",
+            "policy": if state.require_policy { "loaded" } else { "none" },
+            "repository": "reachable",
+        }))),
         Ok(None) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_ready",
@@ -286,6 +307,26 @@ impl RunningServer {
         info!(grace_seconds = grace.as_secs(), "shutting down: no new connections, waiting for requests in flight");
         self.handle.graceful_shutdown(Some(grace));
         join(task).await
+    }
+}
+
+impl RunningServer {
+    /// Serves until `signal` completes, then shuts the server down as
+    /// [`Self::shutdown`] does while `also` runs, and returns both outcomes.
+    pub async fn run_until_then<T>(
+        self,
+        signal: impl std::future::Future<Output = ()>,
+        grace: Duration,
+        also: impl std::future::Future<Output = T>,
+    ) -> (std::io::Result<()>, T) {
+        let mut task = self.task;
+        tokio::select! {
+            result = &mut task => return (flatten(result), also.await),
+            _ = signal => {}
+        }
+        info!(grace_seconds = grace.as_secs(), "shutting down: no new connections or job runs, waiting for work in flight");
+        self.handle.graceful_shutdown(Some(grace));
+        tokio::join!(join(task), also)
     }
 }
 
