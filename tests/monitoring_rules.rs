@@ -1,7 +1,8 @@
-//! Checks the monitoring files under `deploy/monitoring/`. The alerting rules
-//! and the dashboard queries parse as PromQL and name only the metrics and
-//! labels that `metrics.txt` lists as exported. Every exported metric is
-//! shown or alerted on, and the rules' `for:` durations and labels are sane.
+//! Checks the monitoring files under `deploy/monitoring/`. `metrics.txt`
+//! lists exactly what the metrics registry exports. The alerting rules and
+//! the dashboard queries parse as PromQL and name only the metrics and labels
+//! of that list. Every exported metric is shown or alerted on, and the rules'
+//! `for:` durations and labels are sane.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -11,6 +12,7 @@ use promql_parser::parser::{self, Expr, LabelModifier};
 use promql_parser::util::{parse_duration, walk_expr, ExprVisitor};
 use serde::Deserialize;
 use serde_json::Value;
+use visage_dr::server::metrics::Metrics;
 
 /// Labels that Prometheus attaches to every scraped series. `job` is left
 /// out on purpose, because a selector on `job` almost always means `job_name`.
@@ -217,6 +219,42 @@ fn metrics_list_is_well_formed() {
         for label in labels {
             assert!(label.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{name}: label {label}");
         }
+    }
+}
+
+/// Parses the samples of an OpenMetrics text into metric names and the label
+/// names of each.
+fn sampled_metrics(text: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let mut metrics: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let series = line.rsplit_once(' ').map_or(line, |(series, _value)| series);
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => (name, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        let label_names = labels.split(',').filter(|l| !l.is_empty()).map(|l| l.split('=').next().unwrap().to_owned());
+        metrics.entry(name.to_owned()).or_default().extend(label_names);
+    }
+    metrics
+}
+
+/// The metrics registry of the code exports exactly the metrics and labels of
+/// `metrics.txt`, once every labelled series exists.
+#[test]
+fn metrics_list_matches_registry() {
+    let metrics = Metrics::new();
+    metrics.declare_job("bucket:uploads", 21_600.0, None);
+    metrics.declare_components(&["bucket:uploads"]);
+    metrics.set_last_push("llama-lora", 1_767_225_600.0);
+    let sampled = sampled_metrics(&metrics.encode());
+    let exported = exported_metrics();
+
+    let missing: Vec<&String> = sampled.keys().filter(|m| !exported.contains_key(*m)).collect();
+    let stale: Vec<&String> = exported.keys().filter(|m| !sampled.contains_key(*m)).collect();
+    assert!(missing.is_empty(), "the code exports metrics that metrics.txt lacks: {missing:?}");
+    assert!(stale.is_empty(), "metrics.txt lists metrics that the code does not export: {stale:?}");
+    for (name, labels) in &sampled {
+        assert_eq!(Some(labels), exported.get(name), "labels of {name}");
     }
 }
 
