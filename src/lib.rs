@@ -26,6 +26,8 @@
 //!   schedule slot.
 //! - [`service`]: the long-running controller of `visage-dr serve`: the
 //!   scheduler firing policy jobs, policy reload, job metrics and shutdown.
+//! - [`restore`]: the whole-stack restore of databases, buckets and
+//!   checkpoints to one instant, planned before anything is written.
 //! - [`server`]: the checkpoint HTTP API that GPU workers push to.
 //! - [`progress`]: progress bars for long work on a terminal.
 //! - [`cli`]: the `visage-dr` command line, its error type and exit codes.
@@ -39,6 +41,7 @@ pub mod postgres;
 pub mod progress;
 pub mod prune;
 pub mod repository;
+pub mod restore;
 pub mod retention;
 pub mod s3;
 pub mod schedule;

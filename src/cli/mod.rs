@@ -12,6 +12,7 @@ mod policy;
 mod prune;
 mod postgres;
 mod repo;
+mod restore;
 mod run;
 mod serve;
 
@@ -58,9 +59,8 @@ pub enum Command {
     /// Take a backup with a component's own tool, such as a PostgreSQL base backup.
     #[command(subcommand)]
     Backup(BackupCommand),
-    /// Restore a component: a bucket from a repository, or PostgreSQL from its barman-cloud archive.
-    #[command(subcommand)]
-    Restore(RestoreCommand),
+    /// Restore the whole stack to one instant (--policy, --target-time), or one component with `restore bucket` or `restore postgres`.
+    Restore(RestoreArgs),
     /// List the snapshots of a repository.
     Snapshots(repo::SnapshotsArgs),
     /// List the objects of a snapshot.
@@ -127,6 +127,16 @@ pub enum RepoCommand {
 pub enum SnapshotCommand {
     /// Read every object of a bucket (or prefix) and record a snapshot.
     Bucket(repo::SnapshotBucketArgs),
+}
+
+/// `restore` with a policy and a target time, or one of its component subcommands.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct RestoreArgs {
+    #[command(subcommand)]
+    pub command: Option<RestoreCommand>,
+    #[command(flatten)]
+    pub stack: restore::StackArgs,
 }
 
 // Parsed once per run, so the size difference between the variants costs nothing.
@@ -272,7 +282,9 @@ async fn run(command: Command) -> Result<ExitCode, CliError> {
     match command {
         Command::Repo(RepoCommand::Init(a)) => repo::init(a).await,
         Command::Snapshot(SnapshotCommand::Bucket(a)) => repo::snapshot_bucket(a).await,
-        Command::Restore(RestoreCommand::Bucket(a)) => repo::restore_bucket(a).await,
+        Command::Restore(RestoreArgs { command: Some(RestoreCommand::Bucket(a)), .. }) => repo::restore_bucket(a).await,
+        Command::Restore(RestoreArgs { command: Some(RestoreCommand::Postgres(a)), .. }) => postgres::restore(a).await,
+        Command::Restore(RestoreArgs { command: None, stack }) => restore::stack(stack).await,
         Command::Snapshots(a) => repo::snapshots(a).await,
         Command::Ls(a) => repo::ls(a).await,
         Command::Diff(a) => repo::diff(a).await,
@@ -284,7 +296,6 @@ async fn run(command: Command) -> Result<ExitCode, CliError> {
         Command::Policy(PolicyCommand::Check(a)) => policy::policy_check(a).await,
         Command::Retention(RetentionCommand::Simulate(a)) => policy::retention_simulate(a).await,
         Command::Backup(BackupCommand::Postgres(a)) => postgres::backup(a).await,
-        Command::Restore(RestoreCommand::Postgres(a)) => postgres::restore(a).await,
         Command::Postgres(PostgresCommand::Window(a)) => postgres::window(a).await,
         Command::Serve(a) => serve::serve(a).await,
         Command::Checkpoint(c) => checkpoint::run(c).await,

@@ -1,0 +1,588 @@
+//! Whole-stack restore: the policy's databases, buckets and checkpoints
+//! brought back to one instant.
+//!
+//! [`plan`] chooses, per component, what is restored and where, and creates
+//! nothing. [`execute`] carries a plan out: databases first (so the
+//! cross-component reference check can query them), then buckets, then
+//! checkpoints. Everything goes beside the original by default: a database
+//! into a new instance, a bucket into `<bucket>-<suffix>`, checkpoints into a
+//! directory. A restore run again with the same arguments resumes: objects
+//! and checkpoint files already written with the right content are skipped,
+//! and a database restored by an earlier run is reused.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::id::SnapshotId;
+use crate::policy::Policy;
+use crate::postgres::config::{DatabaseSpec, Driver};
+use crate::postgres::local::{self, RestoreRequest, Tools};
+use crate::postgres::store::ArchiveStore;
+use crate::postgres::target_time::TargetTime;
+use crate::repository::manifest::Manifest;
+use crate::repository::{RepoError, Repository};
+use crate::sources::bucket::{self, RestoreOptions};
+use crate::sources::checkpoint::{self, Catalogue, CheckpointRecord, FileRestore};
+
+/// Name of the file that marks a database directory as completely restored.
+pub const DONE_MARKER: &str = "visage-dr-restore.json";
+
+/// Number of missing referenced keys listed by name.
+const MISSING_LISTED: usize = 20;
+
+/// The components a restore covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Components {
+    pub postgres: bool,
+    pub buckets: bool,
+    pub checkpoints: bool,
+}
+
+impl Components {
+    pub const ALL: Components = Components { postgres: true, buckets: true, checkpoints: true };
+
+    /// Parses a comma-separated list such as `postgres,buckets`.
+    pub fn parse(list: &str) -> Result<Components, String> {
+        let mut c = Components { postgres: false, buckets: false, checkpoints: false };
+        for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part {
+                "postgres" => c.postgres = true,
+                "buckets" => c.buckets = true,
+                "checkpoints" => c.checkpoints = true,
+                other => {
+                    return Err(format!(
+                        "unknown component {other:?} in --only {list:?}; use a comma-separated list of postgres, buckets and checkpoints"
+                    ))
+                }
+            }
+        }
+        if c == (Components { postgres: false, buckets: false, checkpoints: false }) {
+            return Err(format!("--only {list:?} names no component; use postgres, buckets or checkpoints"));
+        }
+        Ok(c)
+    }
+}
+
+/// What the operator asked for.
+#[derive(Debug, Clone)]
+pub struct StackRequest {
+    pub target: TargetTime,
+    pub only: Components,
+    /// Appended to bucket names and database directories: `<name>-<suffix>`.
+    pub suffix: String,
+    /// Buckets are restored into themselves instead of `<bucket>-<suffix>`.
+    pub in_place: bool,
+    /// Objects with other content in a target bucket are replaced.
+    pub overwrite: bool,
+    pub checkpoints_to: PathBuf,
+    /// Directory that receives one `<database>-<suffix>` directory per restored database.
+    pub databases_to: PathBuf,
+    pub recovery_timeout: Duration,
+    pub progress: bool,
+}
+
+/// Checks a suffix: it becomes part of bucket names, so lowercase letters,
+/// digits and `-` only.
+pub fn check_suffix(suffix: &str) -> Result<(), String> {
+    let ok = !suffix.is_empty()
+        && suffix.len() <= 40
+        && suffix.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !suffix.starts_with('-')
+        && !suffix.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid --suffix {suffix:?}: it becomes part of bucket names, so use 1 to 40 lowercase letters, digits and inner '-'"
+        ))
+    }
+}
+
+/// Default suffix for a target: `restored-<YYYYMMDDHHMMSS>`.
+pub fn default_suffix(target: &TargetTime) -> String {
+    format!("restored-{}", target.as_datetime().format("%Y%m%d%H%M%S"))
+}
+
+/// The restore of one database.
+#[derive(Debug, Clone, Serialize)]
+pub struct DatabaseStep {
+    pub name: String,
+    pub base_backup: String,
+    #[serde(serialize_with = "crate::repository::manifest::rfc3339_utc")]
+    pub base_backup_end: DateTime<Utc>,
+    pub wal_first: String,
+    pub wal_last: String,
+    /// Directory of the new instance.
+    pub target: PathBuf,
+    /// The directory holds a restore of this target completed by an earlier run.
+    pub already_restored: bool,
+    #[serde(skip)]
+    plan: Option<local::RestorePlan>,
+    #[serde(skip)]
+    spec: DatabaseSpec,
+}
+
+/// The restore of one bucket.
+#[derive(Debug, Clone, Serialize)]
+pub struct BucketStep {
+    pub name: String,
+    pub bucket: String,
+    pub snapshot: SnapshotId,
+    #[serde(serialize_with = "crate::repository::manifest::rfc3339_utc")]
+    pub snapshot_time: DateTime<Utc>,
+    /// Seconds between the snapshot and the target: objects written in between are not restored.
+    pub skew_seconds: i64,
+    pub to_bucket: String,
+    pub objects: u64,
+    pub bytes: u64,
+    /// With --in-place, the keys whose other content would be replaced.
+    pub would_overwrite: Vec<String>,
+    #[serde(skip)]
+    manifest: Manifest,
+    #[serde(skip)]
+    s3: crate::s3::S3Overrides,
+}
+
+/// The restore of one training job's checkpoint.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckpointStep {
+    pub job: String,
+    pub step: String,
+    #[serde(serialize_with = "crate::repository::manifest::rfc3339_utc")]
+    pub time: DateTime<Utc>,
+    pub skew_seconds: i64,
+    pub size: u64,
+    pub sha256: String,
+    pub to_file: PathBuf,
+    #[serde(skip)]
+    record: CheckpointRecord,
+}
+
+/// Everything a restore will do, and what it will not.
+#[derive(Debug, Clone, Serialize)]
+pub struct StackPlan {
+    #[serde(serialize_with = "crate::repository::manifest::rfc3339_utc")]
+    pub target_time: DateTime<Utc>,
+    pub databases: Vec<DatabaseStep>,
+    pub buckets: Vec<BucketStep>,
+    pub checkpoints: Vec<CheckpointStep>,
+    /// What the restore refuses to do, stated up front.
+    pub refusals: Vec<String>,
+    /// Components that cannot be restored to the target; a plan with problems is not executed.
+    pub problems: Vec<String>,
+}
+
+/// Failure of a restore that stops it before or between components.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(transparent)]
+    Repository(#[from] RepoError),
+    #[error("the restore cannot start: {}", .0.join("; "))]
+    Problems(Vec<String>),
+}
+
+/// Completion record written into a restored database's directory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct DoneMarker {
+    target_time: String,
+    backup_id: String,
+    port: u16,
+    socket_dir: PathBuf,
+    user: String,
+    dbname: String,
+    pid: u32,
+    stop_command: String,
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+/// Formats a skew as `3 h 59 m`, `12 m 5 s` or `40 s`.
+pub fn human_duration(seconds: i64) -> String {
+    let s = seconds.unsigned_abs();
+    let (d, h, m, sec) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{sec} s"),
+        (0, 0, _) => format!("{m} m {sec} s"),
+        (0, _, _) => format!("{h} h {m} m"),
+        _ => format!("{d} d {h} h"),
+    }
+}
+
+fn read_marker(dir: &Path) -> Option<DoneMarker> {
+    let text = std::fs::read_to_string(dir.join(DONE_MARKER)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Plans the restore of `policy` to `req.target`. Creates nothing.
+pub async fn plan(policy: &Policy, repo: &Arc<Repository>, req: &StackRequest) -> Result<StackPlan, RepoError> {
+    let target = req.target.as_datetime();
+    let now = Utc::now();
+    let mut plan = StackPlan {
+        target_time: target,
+        databases: Vec::new(),
+        buckets: Vec::new(),
+        checkpoints: Vec::new(),
+        refusals: vec!["a database is never restored over its source: each one goes into a new instance".into()],
+        problems: Vec::new(),
+    };
+    if req.only.postgres {
+        let tools = Tools::from_env();
+        for db in &policy.postgres {
+            let spec = &db.spec;
+            if spec.driver != Driver::Local {
+                plan.problems.push(format!(
+                    "postgres {}: the whole-stack restore runs the local driver only; restore this CNPG database with `visage-dr restore postgres --name {}`",
+                    spec.name, spec.name
+                ));
+                continue;
+            }
+            let into = req.databases_to.join(format!("{}-{}", spec.name, req.suffix));
+            match plan_database(spec, &tools, &into, req, now).await {
+                Ok(step) => plan.databases.push(step),
+                Err(e) => plan.problems.push(format!("postgres {}: {e}", spec.name)),
+            }
+        }
+    }
+    if req.only.buckets {
+        if !req.overwrite {
+            plan.refusals.push("objects with other content in a target bucket are not replaced without --overwrite".into());
+        }
+        for b in &policy.buckets {
+            let manifest = match bucket::snapshot_at(repo, Some(&b.source_id), target).await {
+                Ok(m) => m,
+                Err(e) => {
+                    plan.problems.push(format!("bucket {}: {e}", b.name));
+                    continue;
+                }
+            };
+            let to_bucket = if req.in_place { b.bucket.clone() } else { format!("{}-{}", b.bucket, req.suffix) };
+            let mut step = BucketStep {
+                name: b.name.clone(),
+                bucket: b.bucket.clone(),
+                snapshot: manifest.id.clone(),
+                snapshot_time: manifest.time,
+                skew_seconds: (target - manifest.time).num_seconds(),
+                to_bucket,
+                objects: manifest.entries.len() as u64,
+                bytes: manifest.entries.iter().map(|e| e.size).sum(),
+                would_overwrite: Vec::new(),
+                manifest,
+                s3: b.s3.clone(),
+            };
+            if req.in_place {
+                // A dry run of the bucket restore lists what would be replaced.
+                let probe = bucket::restore(repo.clone(), &step.manifest, restore_options(&step, req, true)).await;
+                match probe {
+                    Ok(report) => step.would_overwrite = report.overwritten,
+                    Err(e) => plan.problems.push(format!("bucket {}: {e}", b.name)),
+                }
+                if !step.would_overwrite.is_empty() && !req.overwrite {
+                    plan.problems.push(format!(
+                        "bucket {}: --in-place would replace {} object(s) with other content (first: {:?}); add --overwrite to replace them",
+                        b.name,
+                        step.would_overwrite.len(),
+                        step.would_overwrite[0]
+                    ));
+                }
+            }
+            plan.buckets.push(step);
+        }
+    }
+    if req.only.checkpoints {
+        let catalogue = Catalogue::new();
+        catalogue.refresh(repo).await?;
+        for (job, record) in checkpoint::newest_at(&catalogue, target).await {
+            plan.checkpoints.push(CheckpointStep {
+                to_file: req.checkpoints_to.join(&job).join(&record.step),
+                job,
+                step: record.step.clone(),
+                time: record.time,
+                skew_seconds: (target - record.time).num_seconds(),
+                size: record.size,
+                sha256: record.sha256.to_hex(),
+                record,
+            });
+        }
+    }
+    Ok(plan)
+}
+
+async fn plan_database(spec: &DatabaseSpec, tools: &Tools, into: &Path, req: &StackRequest, now: DateTime<Utc>) -> Result<DatabaseStep, String> {
+    let store = ArchiveStore::open(&spec.object_store).map_err(|e| e.to_string())?;
+    let catalogue = store.read_catalogue().await.map_err(|e| e.to_string())?;
+    if let Some(marker) = read_marker(into) {
+        if marker.target_time == rfc3339(req.target.as_datetime()) {
+            let backup = catalogue.backups.iter().find(|b| b.backup.id.as_str() == marker.backup_id);
+            return Ok(DatabaseStep {
+                name: spec.name.clone(),
+                base_backup: marker.backup_id.clone(),
+                base_backup_end: backup.map_or(req.target.as_datetime(), |b| b.backup.end_time),
+                wal_first: String::new(),
+                wal_last: String::new(),
+                target: into.to_path_buf(),
+                already_restored: true,
+                plan: None,
+                spec: spec.clone(),
+            });
+        }
+        return Err(format!(
+            "{} holds a restore to {}, not to this target; choose another --suffix or remove the directory",
+            into.display(),
+            marker.target_time
+        ));
+    }
+    let request = RestoreRequest {
+        target: req.target.clone(),
+        to_end_of_archive: false,
+        into: into.to_path_buf(),
+        port: None,
+        timeout: req.recovery_timeout,
+    };
+    let p = local::plan_restore(spec, tools, &store, &catalogue, &request, now).map_err(|e| e.to_string())?;
+    Ok(DatabaseStep {
+        name: spec.name.clone(),
+        base_backup: p.plan.backup.id.to_string(),
+        base_backup_end: p.plan.backup.end_time,
+        wal_first: p.plan.wal_first.to_string(),
+        wal_last: p.plan.wal_last.to_string(),
+        target: into.to_path_buf(),
+        already_restored: false,
+        plan: Some(p),
+        spec: spec.clone(),
+    })
+}
+
+fn restore_options(step: &BucketStep, req: &StackRequest, dry_run: bool) -> RestoreOptions {
+    RestoreOptions {
+        to_bucket: step.to_bucket.clone(),
+        prefix: String::new(),
+        s3: step.s3.clone(),
+        overwrite: req.overwrite,
+        dry_run,
+        concurrency: bucket::DEFAULT_CONCURRENCY,
+        multipart_threshold: bucket::DEFAULT_MULTIPART_THRESHOLD,
+        part_size: bucket::DEFAULT_PART_SIZE,
+        create_bucket: true,
+        progress: req.progress && !dry_run,
+    }
+}
+
+/// Outcome of one component.
+#[derive(Debug, Clone, Serialize)]
+pub struct ComponentResult {
+    pub component: String,
+    pub name: String,
+    pub ok: bool,
+    pub seconds: f64,
+    pub detail: String,
+}
+
+/// Result of the cross-component reference check of one policy query.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReferenceResult {
+    pub database: String,
+    pub bucket: String,
+    pub query: String,
+    pub keys_checked: u64,
+    pub missing_count: u64,
+    /// The first missing keys, at most 20.
+    pub missing: Vec<String>,
+    /// Why the check could not run, when it could not.
+    pub error: Option<String>,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, Serialize)]
+pub struct StackOutcome {
+    pub components: Vec<ComponentResult>,
+    pub references: Vec<ReferenceResult>,
+    /// Seconds from the start of the restore until every component was done: the measured RTO.
+    pub rto_seconds: f64,
+    /// Steps that move the application onto what was restored.
+    pub switch_over: Vec<String>,
+}
+
+impl StackOutcome {
+    pub fn ok(&self) -> bool {
+        self.components.iter().all(|c| c.ok) && self.references.iter().all(|r| r.missing_count == 0 && r.error.is_none())
+    }
+}
+
+/// Carries out `plan`. Components fail one by one; the outcome lists each.
+pub async fn execute(policy: &Policy, repo: Arc<Repository>, plan: &StackPlan, req: &StackRequest) -> Result<StackOutcome, RestoreError> {
+    if !plan.problems.is_empty() {
+        return Err(RestoreError::Problems(plan.problems.clone()));
+    }
+    let clock = Instant::now();
+    let mut out = StackOutcome { components: Vec::new(), references: Vec::new(), rto_seconds: 0.0, switch_over: Vec::new() };
+    let mut clients: HashMap<String, tokio_postgres::Client> = HashMap::new();
+
+    for step in &plan.databases {
+        let started = Instant::now();
+        let span = info_span!("restore.postgres", pg.database = %step.name, pg.backup_id = %step.base_backup);
+        let result = restore_database(step, plan.target_time).instrument(span).await;
+        let (ok, detail) = match result {
+            Ok(marker) => {
+                out.switch_over.push(format!(
+                    "postgres {}: point the application at 127.0.0.1:{} (socket {}, user {}, database {}); stop this instance with: {}",
+                    step.name,
+                    marker.port,
+                    marker.socket_dir.display(),
+                    marker.user,
+                    marker.dbname,
+                    marker.stop_command
+                ));
+                let connection = step.spec.connection.as_ref();
+                match local::connect_socket(&marker.socket_dir, marker.port, &marker.user, &marker.dbname, connection).await {
+                    Ok(client) => {
+                        clients.insert(step.name.clone(), client);
+                    }
+                    Err(e) => warn!(pg.database = %step.name, error = %e, "cannot connect to the restored instance for the reference check"),
+                }
+                let how = if step.already_restored { "restored by an earlier run" } else { "restored" };
+                (true, format!("{how} into {}, port {}", step.target.display(), marker.port))
+            }
+            Err(e) => (false, e),
+        };
+        out.components.push(ComponentResult {
+            component: "postgres".into(),
+            name: step.name.clone(),
+            ok,
+            seconds: started.elapsed().as_secs_f64(),
+            detail,
+        });
+    }
+
+    for step in &plan.buckets {
+        let started = Instant::now();
+        info!(bucket.name = %step.name, snapshot.id = %step.snapshot, s3.bucket = %step.to_bucket, "restoring a bucket");
+        let (ok, detail) = match bucket::restore(repo.clone(), &step.manifest, restore_options(step, req, false)).await {
+            Ok(r) => {
+                if !req.in_place {
+                    out.switch_over.push(format!(
+                        "bucket {}: point the application from {} to {}, or copy it back with `visage-dr restore --only buckets --in-place --overwrite`",
+                        step.name, step.bucket, step.to_bucket
+                    ));
+                }
+                (true, format!("{} object(s) written, {} already present", r.objects_written, r.identical))
+            }
+            Err(e) => (false, e.to_string()),
+        };
+        out.components.push(ComponentResult {
+            component: "buckets".into(),
+            name: step.name.clone(),
+            ok,
+            seconds: started.elapsed().as_secs_f64(),
+            detail,
+        });
+    }
+
+    for step in &plan.checkpoints {
+        let started = Instant::now();
+        let (ok, detail) = match checkpoint::restore_to_file(&repo, &step.record, &step.to_file).await {
+            Ok(FileRestore::Written) => (true, format!("written to {}", step.to_file.display())),
+            Ok(FileRestore::AlreadyPresent) => (true, format!("already present at {}", step.to_file.display())),
+            Err(e) => (false, e.to_string()),
+        };
+        out.components.push(ComponentResult {
+            component: "checkpoints".into(),
+            name: step.job.clone(),
+            ok,
+            seconds: started.elapsed().as_secs_f64(),
+            detail,
+        });
+    }
+    if !plan.checkpoints.is_empty() {
+        out.switch_over.push(format!("checkpoints: resume training from the files under {}", req.checkpoints_to.display()));
+    }
+    out.rto_seconds = clock.elapsed().as_secs_f64();
+
+    if let Some(v) = &policy.verification {
+        for r in &v.references {
+            let (Some(client), Some(step)) = (clients.get(&r.database), plan.buckets.iter().find(|b| b.name == r.bucket)) else {
+                continue;
+            };
+            out.references.push(check_references(client, r, &step.manifest).await);
+        }
+    }
+    Ok(out)
+}
+
+async fn restore_database(step: &DatabaseStep, target: DateTime<Utc>) -> Result<DoneMarker, String> {
+    if step.already_restored {
+        return read_marker(&step.target).ok_or_else(|| format!("{} lost its completion record", step.target.display()));
+    }
+    let plan = step.plan.as_ref().expect("a database not yet restored has a plan");
+    let store = ArchiveStore::open(&step.spec.object_store).map_err(|e| e.to_string())?;
+    let instance = local::restore(plan, &store).await.map_err(|e| e.to_string())?;
+    let marker = DoneMarker {
+        target_time: rfc3339(target),
+        backup_id: instance.backup_id.to_string(),
+        port: instance.port,
+        socket_dir: instance.socket_dir.clone(),
+        user: instance.user.clone(),
+        dbname: instance.dbname.clone(),
+        pid: instance.pid,
+        stop_command: instance.stop_command.clone(),
+    };
+    let path = step.target.join(DONE_MARKER);
+    std::fs::write(&path, serde_json::to_vec_pretty(&marker).expect("marker serialises"))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(marker)
+}
+
+/// Runs a reference query on a restored database and checks that every key
+/// it returns is an object of the restored bucket snapshot.
+async fn check_references(client: &tokio_postgres::Client, r: &crate::policy::ReferenceCheck, manifest: &Manifest) -> ReferenceResult {
+    let mut result = ReferenceResult {
+        database: r.database.clone(),
+        bucket: r.bucket.clone(),
+        query: r.query.clone(),
+        keys_checked: 0,
+        missing_count: 0,
+        missing: Vec::new(),
+        error: None,
+    };
+    let rows = match client.query(r.query.as_str(), &[]).await {
+        Ok(rows) => rows,
+        Err(e) => {
+            result.error = Some(format!("the reference query failed: {e}"));
+            return result;
+        }
+    };
+    let keys: std::collections::HashSet<&str> = manifest.entries.iter().map(|e| e.key.as_str()).collect();
+    for row in rows {
+        let key: Option<String> = match row.try_get(0) {
+            Ok(k) => k,
+            Err(e) => {
+                result.error = Some(format!("the reference query must return text keys in its first column: {e}"));
+                return result;
+            }
+        };
+        let Some(key) = key else { continue };
+        result.keys_checked += 1;
+        if !keys.contains(key.as_str()) {
+            result.missing_count += 1;
+            if result.missing.len() < MISSING_LISTED {
+                result.missing.push(key);
+            }
+        }
+    }
+    if result.missing_count > 0 {
+        warn!(
+            pg.database = %r.database,
+            bucket.name = %r.bucket,
+            missing = result.missing_count,
+            "the restored database references objects that the restored bucket lacks"
+        );
+    }
+    result
+}
