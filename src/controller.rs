@@ -168,6 +168,8 @@ async fn write_run_record(repo: &Repository, record: &RunRecord) -> Result<(), R
 /// Settings of a cycle.
 pub struct CycleOptions {
     pub selection: Selection,
+    /// Jobs left out of the cycle.
+    pub except: Vec<String>,
     pub now: DateTime<Utc>,
     /// How late a slot may still start (a CronJob's starting deadline).
     pub starting_deadline: Duration,
@@ -179,6 +181,9 @@ pub async fn run_cycle(policy: &Policy, repo: Arc<Repository>, opts: &CycleOptio
     let jobs = planned_jobs(policy);
     let mut reports = Vec::new();
     for job in &jobs {
+        if opts.except.contains(&job.name) {
+            continue;
+        }
         let slot = match &opts.selection {
             Selection::Job(name) if name != &job.name => continue,
             Selection::Job(_) | Selection::All => opts.now,

@@ -103,3 +103,25 @@ async fn failed_job_fails_the_run_but_others_run() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("bucket:ok"), "the error lists the jobs: {stderr}");
 }
+
+#[tokio::test]
+async fn except_leaves_a_job_out_of_the_cycle() {
+    let server = match garage() {
+        Some(s) => s,
+        None => return,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let src = server.new_bucket("run-except").await;
+    server.put(&src, "a", b"a".to_vec()).await;
+    let policy = write_policy(&dir, &server, &[("uploads", &src)]);
+    let out = visage_dr(&["run", "--policy", &policy, "--all", "--except", "prune", "--json"], &server.env());
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let jobs: Vec<String> = summary(&stdout).iter().map(|r| r["job"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(jobs, vec!["bucket:uploads"]);
+
+    let out = visage_dr(&["run", "--policy", &policy, "--except", "verify"], &server.env());
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("\"verify\"") && stderr.contains("prune"), "{stderr}");
+}

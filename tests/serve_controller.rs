@@ -249,6 +249,27 @@ async fn serve_applies_a_changed_policy_and_keeps_the_old_one_when_invalid() {
     assert_eq!(code, Some(0), "{log}");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn api_only_serves_checkpoints_and_runs_no_job() {
+    let Some(server) = garage() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let src = server.new_bucket("serve-api-only").await;
+    server.put(&src, "a.jpg", random_bytes(1_000, 5)).await;
+    let repo = dir.path().join("repo");
+    let policy = dir.path().join("policy.yaml");
+    write_policy(&policy, &policy_text(&repo, &server, &[BucketJob { name: "one", bucket: &src, schedule: Some("* * * * *") }]));
+    let serve = Serve::start(dir.path(), policy.to_str().unwrap(), &server.env(), &["--api-only"]);
+    let ready = reqwest::blocking_get_text(&format!("{}/readyz", serve.base)).unwrap();
+    assert!(ready.contains(r#""policy":"loaded""#), "{ready}");
+    assert_eq!(serve.metric("visage_dr_policy_loaded"), Some(1.0));
+    // A job that never ran would fire at once under the scheduler.
+    std::thread::sleep(Duration::from_secs(3));
+    let (code, _, log) = serve.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(!log.contains("job fired"), "{log}");
+    assert_eq!(snapshot_count(&repo, &server.env()), 0);
+}
+
 /// A bucket whose snapshot takes a few seconds, so SIGTERM lands mid-run.
 async fn slow_bucket(server: &S3Server) -> String {
     let src = server.new_bucket("serve-slow").await;

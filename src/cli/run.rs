@@ -28,6 +28,9 @@ pub struct RunArgs {
     /// Run every job now, whatever its schedule.
     #[arg(long)]
     pub all: bool,
+    /// Leave this job out of a --due or --all cycle, for example `verification` when a CronJob of its own runs it. Repeatable.
+    #[arg(long, value_name = "JOB", conflicts_with = "job")]
+    pub except: Vec<String>,
     /// Seconds after a slot during which it still starts; older missed slots are skipped.
     #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
     pub starting_deadline: u64,
@@ -56,6 +59,14 @@ pub async fn run(a: RunArgs) -> Result<ExitCode, CliError> {
         (None, true) => Selection::All,
         (None, false) => Selection::Due,
     };
+    let names = controller::job_names(&policy);
+    if let Some(unknown) = a.except.iter().find(|e| !names.contains(e)) {
+        return Err(CliError::usage(format!(
+            "--except {unknown:?} is not a job of {}; its jobs are: {}",
+            a.policy.display(),
+            names.join(", ")
+        )));
+    }
     // The first run against a new repository initialises it.
     let url: RepoUrl = policy.repository.url.parse()?;
     let options = RepoOptions {
@@ -65,6 +76,7 @@ pub async fn run(a: RunArgs) -> Result<ExitCode, CliError> {
     let repo = std::sync::Arc::new(Repository::open_or_init(&url, options).await?);
     let opts = CycleOptions {
         selection,
+        except: a.except.clone(),
         now: Utc::now(),
         starting_deadline: Duration::from_secs(a.starting_deadline),
         progress: !a.json,

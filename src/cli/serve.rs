@@ -56,6 +56,9 @@ pub struct ServeArgs {
     /// Seconds a push may go without receiving body data before it is abandoned.
     #[arg(long, default_value_t = server::DEFAULT_BODY_IDLE_TIMEOUT.as_secs(), value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     pub body_idle_timeout: u64,
+    /// Serve only the checkpoint API: the policy names the repository and the size limit, and its jobs are left to `visage-dr run` CronJobs.
+    #[arg(long, requires = "policy")]
+    pub api_only: bool,
     /// Seconds after a slot during which a missed run still starts late, after downtime; older missed slots are reported and skipped.
     #[arg(long, default_value_t = 3600, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     pub starting_deadline: u64,
@@ -100,7 +103,7 @@ pub async fn serve(args: ServeArgs) -> Result<ExitCode, CliError> {
     let metrics = Arc::new(Metrics::new());
     // The controller starts first, so /readyz never sees the policy missing.
     let service = match (policy, &args.policy) {
-        (Some(policy), Some(path)) => {
+        (Some(policy), Some(path)) if !args.api_only => {
             let settings = ServiceSettings {
                 policy_path: path.clone(),
                 starting_deadline: Duration::from_secs(args.starting_deadline),
@@ -109,14 +112,17 @@ pub async fn serve(args: ServeArgs) -> Result<ExitCode, CliError> {
             };
             Some(Service::start(policy, repo.clone(), metrics.clone(), settings).await.map_err(|e| CliError::failed(e.to_string()))?)
         }
-        _ => None,
+        (policy, _) => {
+            metrics.set_policy_loaded(policy.is_some());
+            None
+        }
     };
     let config = ServerConfig {
         tokens,
         max_size,
         body_idle_timeout: Duration::from_secs(args.body_idle_timeout),
         metrics,
-        require_policy: service.is_some(),
+        require_policy: args.policy.is_some(),
     };
     info!(tokens = config.tokens.len(), checkpoint.max_size = config.max_size, "starting the checkpoint API");
     let running = server::start(repo, config, &listen).await.map_err(usage_or_failed)?;
