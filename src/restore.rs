@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
-use tracing::{info, info_span, warn, Instrument};
+use tracing::{info, warn};
 
 use crate::id::SnapshotId;
 use crate::policy::Policy;
@@ -427,8 +427,8 @@ pub async fn execute(policy: &Policy, repo: Arc<Repository>, plan: &StackPlan, r
 
     for step in &plan.databases {
         let started = Instant::now();
-        let span = info_span!("restore.postgres", pg.database = %step.name, pg.backup_id = %step.base_backup);
-        let result = restore_database(step, plan.target_time).instrument(span).await;
+        // The local driver's own span names the database and the backup.
+        let result = restore_database(step, plan.target_time).await;
         let (ok, detail) = match result {
             Ok(marker) => {
                 out.switch_over.push(format!(
