@@ -237,6 +237,23 @@ async fn restore_brings_all_three_back_to_one_instant() {
     assert!(details[2].2.starts_with("written to"), "{details:?}");
     assert_eq!(s3.get(&restored_bucket, "u/2.jpg").await, photo2);
     assert_eq!(std::fs::read(ckpt_dir.join("lora-a").join("step-200")).unwrap(), ckpt2);
+
+    // In place: the source bucket changed after the target, so the plan lists
+    // what would be replaced and writes nothing without --overwrite.
+    let in_place = |extra: &[&str]| {
+        let mut a = vec!["restore", "--policy", &policy, "--target-time", &target, "--only", "buckets", "--in-place", "--json"];
+        a.extend_from_slice(extra);
+        run(&a, &env)
+    };
+    let (code, stdout, stderr) = in_place(&[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("add --overwrite"), "{stderr}");
+    let plan: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(plan["plan"]["buckets"][0]["would_overwrite"], serde_json::json!(["u/1.jpg"]), "{plan}");
+    assert_ne!(s3.get(&uploads, "u/1.jpg").await, photo1, "nothing was written");
+    let (code, _, stderr) = in_place(&["--overwrite"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(s3.get(&uploads, "u/1.jpg").await, photo1);
     source.stop();
 }
 

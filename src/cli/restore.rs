@@ -99,6 +99,9 @@ pub async fn stack(a: StackArgs) -> Result<ExitCode, CliError> {
         print_plan(&plan);
     }
     if !plan.problems.is_empty() {
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "plan": plan })).expect("plan serialises"));
+        }
         return Err(problems(&plan));
     }
     let outcome = restore::execute(&policy, repo, &plan, &req).await.map_err(|e| CliError::failed(e.to_string()))?;
