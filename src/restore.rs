@@ -410,6 +410,12 @@ pub struct StackOutcome {
     pub switch_over: Vec<String>,
 }
 
+impl ComponentResult {
+    fn new(component: &str, name: &str, started: Instant, (ok, detail): (bool, String)) -> ComponentResult {
+        ComponentResult { component: component.into(), name: name.into(), ok, seconds: started.elapsed().as_secs_f64(), detail }
+    }
+}
+
 impl StackOutcome {
     pub fn ok(&self) -> bool {
         self.components.iter().all(|c| c.ok) && self.references.iter().all(|r| r.missing_count == 0 && r.error.is_none())
@@ -452,13 +458,7 @@ pub async fn execute(policy: &Policy, repo: Arc<Repository>, plan: &StackPlan, r
             }
             Err(e) => (false, e),
         };
-        out.components.push(ComponentResult {
-            component: "postgres".into(),
-            name: step.name.clone(),
-            ok,
-            seconds: started.elapsed().as_secs_f64(),
-            detail,
-        });
+        out.components.push(ComponentResult::new("postgres", &step.name, started, (ok, detail)));
     }
 
     for step in &plan.buckets {
@@ -476,13 +476,7 @@ pub async fn execute(policy: &Policy, repo: Arc<Repository>, plan: &StackPlan, r
             }
             Err(e) => (false, e.to_string()),
         };
-        out.components.push(ComponentResult {
-            component: "buckets".into(),
-            name: step.name.clone(),
-            ok,
-            seconds: started.elapsed().as_secs_f64(),
-            detail,
-        });
+        out.components.push(ComponentResult::new("buckets", &step.name, started, (ok, detail)));
     }
 
     for step in &plan.checkpoints {
@@ -492,13 +486,7 @@ pub async fn execute(policy: &Policy, repo: Arc<Repository>, plan: &StackPlan, r
             Ok(FileRestore::AlreadyPresent) => (true, format!("already present at {}", step.to_file.display())),
             Err(e) => (false, e.to_string()),
         };
-        out.components.push(ComponentResult {
-            component: "checkpoints".into(),
-            name: step.job.clone(),
-            ok,
-            seconds: started.elapsed().as_secs_f64(),
-            detail,
-        });
+        out.components.push(ComponentResult::new("checkpoints", &step.job, started, (ok, detail)));
     }
     if !plan.checkpoints.is_empty() {
         out.switch_over.push(format!("checkpoints: resume training from the files under {}", req.checkpoints_to.display()));

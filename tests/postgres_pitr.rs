@@ -80,13 +80,6 @@ fn rfc3339(time: DateTime<Utc>) -> String {
     time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
-async fn server_now(client: &tokio_postgres::Client) -> String {
-    let row = client
-        .query_one(r#"SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"#, &[])
-        .await
-        .unwrap();
-    row.get(0)
-}
 
 async fn take_backup(policy: &Path, extra: &[&str]) -> Value {
     let mut args = vec!["backup", "postgres", "--policy", policy.to_str().unwrap(), "--name", "app", "--json"];
@@ -113,7 +106,7 @@ async fn pitr_restores_between_commits() {
     let backup_id = record["backup_id"].as_str().expect("the record names the backup id").to_owned();
 
     client.batch_execute("INSERT INTO t VALUES ('B')").await.unwrap();
-    let target = server_now(&client).await;
+    let target = pg::server_now(&client).await;
     client.batch_execute("INSERT INTO t VALUES ('C')").await.unwrap();
     source.switch_and_wait_archived().await;
     drop(client);

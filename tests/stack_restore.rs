@@ -60,13 +60,6 @@ fn run(args: &[&str], env: &[(&str, String)]) -> (i32, String, String) {
     (out.status.code().unwrap_or(-1), stdout, stderr)
 }
 
-async fn server_now(client: &tokio_postgres::Client) -> String {
-    let row = client
-        .query_one(r#"SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"#, &[])
-        .await
-        .unwrap();
-    row.get(0)
-}
 
 async fn push(http: &reqwest::Client, addr: std::net::SocketAddr, job: &str, step: &str, data: &[u8]) {
     let response = http
@@ -135,7 +128,7 @@ async fn restore_brings_all_three_back_to_one_instant() {
     let (code, _, stderr) = run(&["run", "--policy", &policy, "--job", "bucket:uploads"], &env);
     assert_eq!(code, 0, "{stderr}");
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let target = server_now(&client).await;
+    let target = pg::server_now(&client).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
 
     // T3: changes after the target, in all three.
