@@ -22,6 +22,10 @@
 //! - [`prune`]: retention applied to a repository, with guard rails.
 //! - [`kube_api`]: every Kubernetes API call the code makes, which the RBAC
 //!   rules in `deploy/` grant.
+//! - [`verify`]: restore verification: every component restored to one target time in
+//!   scratch resources, checked and torn down (`docs/verification.md`).
+//! - [`report`]: verification reports (JSON, Markdown, self-contained HTML) stored under
+//!   `reports/` in the repository.
 //! - [`controller`]: one cycle of policy jobs (`visage-dr run`), recorded per
 //!   schedule slot.
 //! - [`server`]: the checkpoint HTTP API that GPU workers push to.
@@ -36,6 +40,7 @@ pub mod policy;
 pub mod postgres;
 pub mod progress;
 pub mod prune;
+pub mod report;
 pub mod repository;
 pub mod retention;
 pub mod s3;
@@ -44,3 +49,4 @@ pub mod scheduler;
 pub mod server;
 pub mod sources;
 pub mod units;
+pub mod verify;
