@@ -187,6 +187,9 @@ struct RunState {
     /// Objects restored per bucket name.
     sampled: HashMap<String, u64>,
     ready_seconds: Option<f64>,
+    /// With recovery to the end of the archive, the instant every database finished
+    /// recovery: the data can be as new as that, so it replaces the target time.
+    latest_target: Option<DateTime<Utc>>,
 }
 
 impl RunState {
@@ -472,6 +475,9 @@ async fn check_phase(context: &Context<'_>, state: &mut RunState) {
     if all_ready {
         state.ready_seconds = Some(context.clock.elapsed().as_secs_f64());
     }
+    if context.to_end_of_archive {
+        state.latest_target = Some(Utc::now());
+    }
     for database in databases {
         check_database(context, &database.spec.name, state).await;
     }
@@ -565,7 +571,7 @@ async fn restore_database(context: &Context<'_>, database: &Database, state: &mu
 async fn check_database(context: &Context<'_>, name: &str, state: &mut RunState) {
     let verification = context.verification;
     let component = database_component(name);
-    let target = context.target.as_datetime();
+    let target = state.latest_target.unwrap_or(context.target.as_datetime());
     let client = state.clients.get(name).cloned();
     let not_restored = || Err(format!("not run, because database {name} was not restored"));
 
@@ -766,8 +772,8 @@ fn seconds_between(later: DateTime<Utc>, earlier: DateTime<Utc>) -> f64 {
 }
 
 fn build_report(input: BuildInput<'_>) -> Report {
-    let target = input.choice.target.as_datetime();
     let state = input.state;
+    let target = state.latest_target.unwrap_or(input.choice.target.as_datetime());
     let failed = |component: &str| state.checks.iter().any(|c| c.result == Outcome::Fail && c.component.as_deref() == Some(component));
     let outcome_of = |component: &str, present: bool| if present && !failed(component) { Outcome::Pass } else { Outcome::Fail };
 

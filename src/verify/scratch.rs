@@ -187,11 +187,13 @@ pub async fn remove_expired(scratch_dir: &Path, now: DateTime<Utc>) -> Result<Ve
     Ok(out)
 }
 
-/// Stops the PostgreSQL instances of a run directory, then deletes it.
+/// Stops the PostgreSQL instances of a run directory and every other process that works in
+/// it, then deletes it.
 async fn remove_run_dir(path: &Path) -> Result<(), ScratchError> {
     for pid_file in postmaster_pid_files(path) {
         stop_postmaster(&pid_file).await;
     }
+    stop_processes_using(path).await;
     match std::fs::remove_dir_all(path) {
         Ok(()) => {
             info!(scratch.path = %path.display(), "scratch directory removed");
@@ -230,6 +232,46 @@ pub fn process_alive(pid: i32) -> bool {
         // The state follows the command name, which is in parentheses and may contain spaces.
         Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("Z"),
         Err(_) => false,
+    }
+}
+
+/// Returns the processes, other than this one, whose command line names `dir` or a path
+/// inside it: a barman-cloud-restore still writing into it after its run was interrupted, or a
+/// postmaster whose `postmaster.pid` is gone.
+fn processes_using(dir: &Path) -> Vec<i32> {
+    let own = std::process::id() as i32;
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| *pid != own)
+        .filter(|pid| {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+            cmdline.split(|b| *b == 0).any(|a| !a.is_empty() && Path::new(std::ffi::OsStr::from_bytes(a)).starts_with(dir))
+        })
+        .filter(|pid| process_alive(*pid))
+        .collect()
+}
+
+/// Stops the processes that still work in `dir`: SIGTERM, then SIGKILL after 10 seconds.
+async fn stop_processes_using(dir: &Path) {
+    let pids = processes_using(dir);
+    if pids.is_empty() {
+        return;
+    }
+    warn!(scratch.path = %dir.display(), pids = ?pids, "stopping processes that still use the scratch directory");
+    for (signal, wait) in [(libc::SIGTERM, Duration::from_secs(10)), (libc::SIGKILL, Duration::from_secs(5))] {
+        for pid in &pids {
+            // SAFETY: kill has no memory-safety preconditions; each PID named the directory in
+            // its command line a moment ago.
+            unsafe { libc::kill(*pid, signal) };
+        }
+        let deadline = Instant::now() + wait;
+        while pids.iter().any(|pid| process_alive(*pid)) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if !pids.iter().any(|pid| process_alive(*pid)) {
+            return;
+        }
     }
 }
 
@@ -295,6 +337,21 @@ mod tests {
         let stored: Marker = serde_json::from_slice(&std::fs::read(run.path.join(MARKER)).unwrap()).unwrap();
         assert!(stored.kept);
         assert_eq!(stored.expires, now + chrono::Duration::hours(24));
+    }
+
+    #[tokio::test]
+    async fn processes_in_the_directory_are_stopped() {
+        let root = tempfile::tempdir().unwrap();
+        let run = ScratchRun::create(root.path(), Utc::now(), Duration::from_secs(60)).unwrap();
+        let file = run.path.join("busy");
+        std::fs::write(&file, b"").unwrap();
+        let mut child = std::process::Command::new("tail").arg("-f").arg(&file).spawn().unwrap();
+        let pid = child.id() as i32;
+        assert_eq!(processes_using(&run.path), vec![pid]);
+        run.remove().await.unwrap();
+        let _ = child.wait();
+        assert!(!run.path.exists());
+        assert!(!process_alive(pid));
     }
 
     #[test]
