@@ -1,7 +1,8 @@
 //! `visage-dr verify` against real PostgreSQL 15, barman-cloud and Garage: a passing run
 //! with every check kind and its HTML report rendered in headless Chromium, a run whose
 //! checks fail (a corrupted blob, missing referenced objects, a false assertion), `--keep`
-//! and the removal of expired leftovers, SIGTERM and the policy timeout.
+//! and the removal of expired leftovers, SIGTERM, the policy timeout, and a damaged WAL
+//! segment that keeps the restore from reaching its target.
 //!
 //! All cases share one source server, one base backup, one bucket snapshot and one
 //! checkpoint, because a base backup and its WAL take most of the set-up time. Each case
@@ -590,9 +591,47 @@ async fn timeout_tears_down(fixture: &Fixture) {
     assert_torn_down(&case);
 }
 
+/// Overwrites an archived WAL segment that recovery needs, so that the restore cannot reach
+/// its target. Runs after the other cases, since it damages the shared archive.
+async fn broken_wal_fails_restore(fixture: &Fixture) {
+    let case = fixture.case(&PolicyCase { name: "wal", timeout: "5min", extra_checks: "", references_query: "SELECT storage_key FROM images" });
+    let window = visage(&["postgres", "window", "--policy", &policy_arg(&case), "--json"]).await;
+    assert_eq!(window.code, Some(0), "{}", window.stderr);
+    let window: Value = serde_json::from_str(&window.stdout).unwrap();
+    let end_wal = window[0]["backups"][0]["end_wal"].as_str().unwrap().to_owned();
+    let until: chrono::DateTime<chrono::Utc> = serde_json::from_value(window[0]["window"]["until"].clone()).unwrap();
+    let target = (until - chrono::Duration::seconds(1)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+
+    let listing = fixture.s3.client().list_objects_v2().bucket(&fixture.pg_bucket).prefix("pg/main/wals/").send().await.unwrap();
+    let segment_key = listing
+        .contents()
+        .iter()
+        .filter_map(|o| o.key())
+        .filter(|k| k.rsplit('/').next().is_some_and(|name| name.len() == 24 && name > end_wal.as_str()))
+        .min()
+        .expect("a segment after the backup is archived")
+        .to_owned();
+    fixture.s3.put(&fixture.pg_bucket, &segment_key, vec![0; 1024 * 1024]).await;
+
+    let (run, json) = verify(&case, &["--target-time", &target]).await;
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    let report = &json.unwrap()["report"];
+    let restore = check(report, "restore app");
+    assert_eq!(restore["result"], "fail");
+    let details = restore["details"].as_str().unwrap();
+    assert!(details.starts_with("the restore did not become ready: PostgreSQL exited during recovery"), "{details}");
+    assert!(details.contains("recovery ended before configured recovery target was reached"), "{details}");
+    assert_eq!(check(report, "check users exist")["details"], "not run, because database app was not restored");
+    assert!(report["rto_seconds"].is_null(), "{report}");
+    assert!(run.stderr.contains("check \"restore app\" failed"), "{}", run.stderr);
+    assert_torn_down(&case);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn verify_cases_share_one_backup() {
+    let setup_clock = Instant::now();
     let Some(fixture) = setup().await else { return };
+    eprintln!("verify set-up took {:.1} s", setup_clock.elapsed().as_secs_f64());
     let clock = Instant::now();
     tokio::join!(
         passing_run(&fixture),
@@ -601,6 +640,10 @@ async fn verify_cases_share_one_backup() {
         sigterm_tears_down(&fixture),
         timeout_tears_down(&fixture),
     );
+    broken_wal_fails_restore(&fixture).await;
     eprintln!("verify cases took {:.1} s", clock.elapsed().as_secs_f64());
     fixture.canary_running.store(false, Ordering::Relaxed);
+    let stop_clock = Instant::now();
+    drop(fixture);
+    eprintln!("stopping the source server took {:.1} s", stop_clock.elapsed().as_secs_f64());
 }

@@ -47,12 +47,8 @@ pub enum ReportError {
     Invalid { key: String, reason: String },
     #[error("report {key} has format version {version}, which this visage-dr does not know; upgrade visage-dr to read it")]
     UnknownVersion { key: String, version: u32 },
-    #[error("cannot write {path}: {source}")]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot write {path}: {error}")]
+    Write { path: PathBuf, error: std::io::Error },
 }
 
 /// Result of a check, of a component and of a whole run.
@@ -281,11 +277,11 @@ pub async fn store(repo: &Repository, report: &Report, files: &[(&'static str, S
 
 /// Writes the rendered files into `dir`, creating it. Returns their paths.
 pub fn write_dir(dir: &Path, files: &[(&'static str, String)]) -> Result<Vec<PathBuf>, ReportError> {
-    std::fs::create_dir_all(dir).map_err(|source| ReportError::Write { path: dir.to_owned(), source })?;
+    std::fs::create_dir_all(dir).map_err(|error| ReportError::Write { path: dir.to_owned(), error })?;
     let mut paths = Vec::new();
     for (name, text) in files {
         let path = dir.join(name);
-        std::fs::write(&path, text).map_err(|source| ReportError::Write { path: path.clone(), source })?;
+        std::fs::write(&path, text).map_err(|error| ReportError::Write { path: path.clone(), error })?;
         paths.push(path);
     }
     Ok(paths)

@@ -61,7 +61,7 @@ pub(crate) fn sample_report(started_minute: u32, result: Outcome) -> Report {
             CheckReport { name: "restore app".into(), result: Outcome::Pass, seconds: 41.5, details: "ready".into(), component: Some("postgres:app".into()) },
             CheckReport {
                 name: "check users exist".into(),
-                result: result,
+                result,
                 seconds: 0.01,
                 details: "value <0> | \"quoted\" & more\nsecond line".into(),
                 component: Some("postgres:app".into()),

@@ -62,18 +62,10 @@ pub enum VerifyError {
     NoVerification,
     #[error("`verification.scratch_dir` is not set, and verify restores into a local directory; set it to an absolute path with room for a copy of each database")]
     NoScratchDir,
-    #[error("cannot read the barman-cloud archive of database {database:?}: {source}")]
-    Archive {
-        database: String,
-        #[source]
-        source: StoreError,
-    },
-    #[error("--target-time cannot be used for database {database:?}: {source}")]
-    InvalidTarget {
-        database: String,
-        #[source]
-        source: PlanError,
-    },
+    #[error("cannot read the barman-cloud archive of database {database:?}: {error}")]
+    Archive { database: String, error: Box<StoreError> },
+    #[error("--target-time cannot be used for database {database:?}: {error}")]
+    InvalidTarget { database: String, error: Box<PlanError> },
     #[error(transparent)]
     Window(#[from] target::WindowError),
     #[error(transparent)]
@@ -174,6 +166,7 @@ struct Context<'a> {
     bucket_snapshots: &'a HashMap<String, Manifest>,
     /// The checkpoint chosen for the target, per job.
     checkpoints: &'a [CheckpointRecord],
+    keep: bool,
 }
 
 /// What the check phase produces. It lives outside the phase's future, so that a timeout or
@@ -289,6 +282,7 @@ async fn run(
         archives: &archives,
         bucket_snapshots: &bucket_snapshots,
         checkpoints: &checkpoints,
+        keep: options.keep,
     };
 
     let mut state = RunState::default();
@@ -354,7 +348,7 @@ async fn read_archives(policy: &Policy) -> Result<HashMap<String, Archive>, Veri
     let mut archives = HashMap::new();
     for database in policy.postgres.iter().filter(|d| d.spec.driver == Driver::Local) {
         let name = &database.spec.name;
-        let archive_error = |source| VerifyError::Archive { database: name.clone(), source };
+        let archive_error = |error| VerifyError::Archive { database: name.clone(), error: Box::new(error) };
         let store = ArchiveStore::open(&database.spec.object_store).map_err(archive_error)?;
         let catalogue = store.read_catalogue().await.map_err(archive_error)?;
         archives.insert(name.clone(), Archive { store, catalogue });
@@ -404,7 +398,7 @@ fn choose_target(
                 archive
                     .catalogue
                     .select_base_backup(target.as_datetime(), now, false)
-                    .map_err(|source| VerifyError::InvalidTarget { database: name.clone(), source })?;
+                    .map_err(|error| VerifyError::InvalidTarget { database: name.clone(), error: Box::new(error) })?;
             }
             let window = target::common_window(&components).ok().flatten().map(|i| window_of(&i));
             Ok(Choice { target, choice: TargetChoice::Given, window, to_end_of_archive: false })
@@ -533,7 +527,8 @@ async fn restore_database(context: &Context<'_>, database: &Database, state: &mu
             Ok(instance) => instance,
             Err(e) => {
                 state.databases.push(report);
-                return Err(format!("the restore did not become ready: {e}"));
+                let note = if context.keep { "" } else { " (teardown removes the log; run with --keep to inspect it)" };
+                return Err(format!("the restore did not become ready: {e}{note}"));
             }
         };
         report.ready_seconds = Some(context.clock.elapsed().as_secs_f64());

@@ -41,17 +41,12 @@ const FAST_SHUTDOWN_WAIT: Duration = Duration::from_secs(30);
 /// Errors of scratch directories.
 #[derive(Debug, thiserror::Error)]
 pub enum ScratchError {
-    #[error("cannot {op} {path}: {source}; check that the verification scratch_dir is writable")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot {op} {path}: {error}; check that the verification scratch_dir is writable")]
+    Io { op: &'static str, path: PathBuf, error: std::io::Error },
 }
 
 fn io_error<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ScratchError + 'a {
-    move |source| ScratchError::Io { op, path: path.to_owned(), source }
+    move |error| ScratchError::Io { op, path: path.to_owned(), error }
 }
 
 /// The marker file of a run directory.
@@ -87,7 +82,7 @@ impl ScratchRun {
                     n += 1;
                     path = scratch_dir.join(format!("{RUN_PREFIX}{stamp}-{n}"));
                 }
-                Err(source) => return Err(ScratchError::Io { op: "create directory", path, source }),
+                Err(error) => return Err(ScratchError::Io { op: "create directory", path, error }),
             }
         }
         // PostgreSQL may run as another OS user, who must be able to enter the directory.
@@ -158,7 +153,7 @@ pub async fn remove_expired(scratch_dir: &Path, now: DateTime<Utc>) -> Result<Ve
     let entries = match std::fs::read_dir(scratch_dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(ScratchError::Io { op: "read directory", path: scratch_dir.to_owned(), source }),
+        Err(error) => return Err(ScratchError::Io { op: "read directory", path: scratch_dir.to_owned(), error }),
     };
     let mut names: Vec<PathBuf> = entries
         .filter_map(|e| e.ok())
@@ -200,7 +195,7 @@ async fn remove_run_dir(path: &Path) -> Result<(), ScratchError> {
             Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(ScratchError::Io { op: "remove", path: path.to_owned(), source }),
+        Err(error) => Err(ScratchError::Io { op: "remove", path: path.to_owned(), error }),
     }
 }
 
