@@ -1,8 +1,8 @@
-//! `visage-dr verify` against real PostgreSQL 15, barman-cloud and Garage: a passing run
-//! with every check kind and its HTML report rendered in headless Chromium, a run whose
-//! checks fail (a corrupted blob, missing referenced objects, a false assertion), `--keep`
-//! and the removal of expired leftovers, SIGTERM, the policy timeout, and a damaged WAL
-//! segment that keeps the restore from reaching its target.
+//! `visage-dr verify` against real PostgreSQL 15, barman-cloud and Garage. The cases: a
+//! passing run with every check kind, whose HTML report is rendered in headless Chromium; a
+//! run whose checks fail (a corrupted blob, missing referenced objects, a false assertion);
+//! `--keep` and the removal of expired leftovers; SIGTERM; the policy timeout; and a damaged
+//! WAL segment that keeps the restore from reaching its target.
 //!
 //! All cases share one source server, one base backup, one bucket snapshot and one
 //! checkpoint, because a base backup and its WAL take most of the set-up time. Each case
@@ -202,7 +202,7 @@ fn processes_under(dir: &Path) -> Vec<String> {
     found
 }
 
-/// The run directories in a scratch directory.
+/// Lists the run directories in a scratch directory.
 fn run_dirs(scratch: &Path) -> Vec<PathBuf> {
     match std::fs::read_dir(scratch) {
         Ok(entries) => entries.flatten().map(|e| e.path()).collect(),
@@ -255,7 +255,7 @@ async fn setup() -> Option<Fixture> {
         client.execute("INSERT INTO images (storage_key, size) VALUES ($1, $2)", &[&key, &(size as i64)]).await.unwrap();
     }
 
-    // A canary row every 300 ms, so that every archived WAL segment holds commits.
+    // A canary row every 300 ms, so that every archived WAL segment contains commits.
     let canary_running = Arc::new(AtomicBool::new(true));
     let canary_client = source.client().await;
     let running = canary_running.clone();
@@ -326,7 +326,8 @@ async fn passing_run(fixture: &Fixture) {
     let target = report["target_time"].as_str().unwrap();
     assert!(run.stderr.contains(&target[..19]), "{target} is not in the log: {}", run.stderr);
     let window = &report["window"];
-    assert!(window["after"].as_str().unwrap() <= target && target <= window["until"].as_str().unwrap(), "{report}");
+    assert!(window["after"].as_str().unwrap() <= target, "{report}");
+    assert!(target <= window["until"].as_str().unwrap(), "{report}");
 
     let expected = [
         "restore app",
@@ -356,7 +357,8 @@ async fn passing_run(fixture: &Fixture) {
 
     let rto = report["rto_seconds"].as_f64().expect("rto_seconds is set");
     let rto_checks = report["rto_checks_seconds"].as_f64().unwrap();
-    assert!(rto > 0.0 && rto <= rto_checks, "{report}");
+    assert!(rto > 0.0, "{report}");
+    assert!(rto <= rto_checks, "{report}");
     let rpo = report["rpo_seconds"].as_f64().expect("rpo_seconds is set");
     // The canary commits every 300 ms, so the newest restored change is close to the target.
     assert!((0.0..5.0).contains(&rpo), "{report}");

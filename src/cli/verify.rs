@@ -51,7 +51,7 @@ pub struct VerifyArgs {
 /// List past verification runs with their outcome, newest first.
 #[derive(Debug, Args)]
 pub struct ReportsArgs {
-    /// Policy file whose repository holds the reports.
+    /// Policy file whose repository contains the reports.
     #[arg(long, value_name = "PATH", required_unless_present = "repo")]
     pub policy: Option<PathBuf>,
     /// Repository URL instead of a policy: `s3://bucket/prefix` or `file:///absolute/path`.

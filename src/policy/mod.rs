@@ -168,7 +168,8 @@ pub struct Verification {
     pub scratch_dir: Option<PathBuf>,
     /// Time after which a verification run is stopped and reported as failed.
     pub timeout: std::time::Duration,
-    /// Number of objects per bucket whose restored content is compared with the source.
+    /// Number of objects per bucket that are restored and checked against the SHA-256 of the
+    /// manifest; all of them when the snapshot has no more.
     pub sample_objects: u32,
     pub data_boundary: Option<DataBoundary>,
     pub references: Vec<ReferenceCheck>,
@@ -176,8 +177,8 @@ pub struct Verification {
     pub checks: Vec<QueryCheck>,
 }
 
-/// A query that returns the time of the newest row of the restored database, compared with the
-/// snapshot time to show how much data a restore would lose.
+/// A query that returns the time of the newest row of the restored database, which must be at
+/// or before the target time of the verification.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataBoundary {
@@ -186,7 +187,8 @@ pub struct DataBoundary {
     pub query: String,
 }
 
-/// A query that returns object keys, each of which must exist in the restored bucket.
+/// A query that returns object keys, each of which must exist in the bucket snapshot chosen for
+/// the target time. An optional second column is the size in bytes, which must match.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReferenceCheck {
@@ -217,8 +219,8 @@ pub struct QueryCheck {
     pub expect: Expectation,
 }
 
-/// What the single value of a check query must meet: a comparison such as `>= 1`, a range
-/// such as `between 10 and 20`, or a regular expression such as `matches ^v[0-9]+$`.
+/// Condition on the single value of a check query: a comparison such as `>= 1`, a range such
+/// as `between 10 and 20`, or a regular expression such as `matches ^v[0-9]+$`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Expectation {
     /// A number compared with `value`.

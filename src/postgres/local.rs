@@ -841,7 +841,7 @@ async fn wait_for_promotion(
 }
 
 /// `FATAL` messages that the server sends to a client it turns away while it starts, such as
-/// the readiness checks of [`restore`]. They say nothing about why the server exited.
+/// the readiness checks of [`restore`]. They do not explain why the server exited.
 const CLIENT_REJECTIONS: &[&str] = &[
     "the database system is starting up",
     "the database system is not yet accepting connections",

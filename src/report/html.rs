@@ -98,6 +98,7 @@ pub(crate) fn render_chart(runs: &[&Report]) -> String {
             escape(&duration_text(value))
         ));
     }
+
     let slot = CHART_WIDTH / runs.len().max(1) as f64;
     let bar = (slot * 0.3).min(28.0);
     for (i, run) in runs.iter().enumerate() {
@@ -116,6 +117,7 @@ pub(crate) fn render_chart(runs: &[&Report]) -> String {
                 escape(&duration_text(seconds))
             ));
         }
+
         let (colour, label) = match run.result {
             Outcome::Pass => (PASS_COLOUR, "pass"),
             Outcome::Fail => (FAIL_COLOUR, "fail"),
@@ -129,6 +131,8 @@ pub(crate) fn render_chart(runs: &[&Report]) -> String {
             escape(&run.started.format("%m-%d %H:%M").to_string())
         ));
     }
+
+    // Legend below the axis labels.
     svg.push_str(&format!(
         "<rect x=\"{CHART_LEFT}\" y=\"{:.1}\" width=\"10\" height=\"10\" fill=\"{READY_COLOUR}\"/>\
          <text x=\"{:.1}\" y=\"{:.1}\">start to ready</text>\
@@ -146,7 +150,7 @@ pub(crate) fn render_chart(runs: &[&Report]) -> String {
     svg
 }
 
-/// Renders `report` as one self-contained HTML page. `history` holds earlier reports, oldest
+/// Renders `report` as one self-contained HTML page. `history` contains earlier reports, oldest
 /// first; the chart shows up to [`CHART_RUNS`] runs, this one included.
 pub fn render_html(report: &Report, history: &[Report]) -> String {
     let mut out = String::new();

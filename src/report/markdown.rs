@@ -17,7 +17,7 @@ fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
     out.push('\n');
 }
 
-/// Renders `report` as Markdown. `history` holds earlier reports, oldest first.
+/// Renders `report` as Markdown. `history` contains earlier reports, oldest first.
 pub fn render_markdown(report: &Report, history: &[Report]) -> String {
     let mut out = String::new();
     let mark = match report.result {

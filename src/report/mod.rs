@@ -74,13 +74,14 @@ impl std::fmt::Display for Outcome {
     }
 }
 
-/// How the target time of a run was chosen.
+/// Method that chose the target time of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TargetChoice {
     /// A random instant inside the recoverable window.
     Random,
-    /// The newest recoverable state: the run's start, with recovery to the end of the archive.
+    /// The newest recoverable state: recovery to the end of the archive, and the target is the
+    /// instant recovery ended.
     Latest,
     /// Given with `--target-time`.
     Given,
@@ -100,7 +101,7 @@ pub struct CheckReport {
     pub name: String,
     pub result: Outcome,
     pub seconds: f64,
-    /// What was found, and for a failure what is wrong and what to do.
+    /// Findings, and for a failure the problem and the next step.
     pub details: String,
     /// The component the check is about, such as `postgres:app`, `bucket:uploads` or
     /// `checkpoints:lora-alice`.
@@ -200,7 +201,7 @@ pub struct Report {
     pub rto_seconds: Option<f64>,
     /// Seconds from the start of the run until every check was done.
     pub rto_checks_seconds: f64,
-    /// Seconds from the newest change that the restore holds to the target time.
+    /// Seconds from the newest change that the restore contains to the target time.
     pub rpo_seconds: Option<f64>,
     pub newest_change: Option<DateTime<Utc>>,
     pub databases: Vec<DatabaseReport>,
@@ -250,7 +251,7 @@ pub fn repository_location(url: &RepoUrl, key: &str) -> String {
     }
 }
 
-/// Renders the three files of `report`. `history` holds earlier reports, oldest first, for
+/// Renders the three files of `report`. `history` contains earlier reports, oldest first, for
 /// the chart.
 pub fn render(report: &Report, history: &[Report]) -> [(&'static str, String); 3] {
     [
@@ -368,7 +369,7 @@ pub(crate) fn optional_duration(seconds: Option<f64>) -> String {
     seconds.map(duration_text).unwrap_or_else(|| "-".to_owned())
 }
 
-/// The facts every rendering shows at the top, as `(label, value)` rows.
+/// Lists the facts every rendering shows at the top, as `(label, value)` rows.
 pub(crate) fn summary_rows(report: &Report) -> Vec<(&'static str, String)> {
     let choice = match report.target_choice {
         TargetChoice::Random => "random instant in the recoverable window",
@@ -379,6 +380,7 @@ pub(crate) fn summary_rows(report: &Report) -> Vec<(&'static str, String)> {
         ("Result", report.result.as_str().to_uppercase()),
         ("Target time", format!("{} ({choice})", time_text(report.target_time))),
     ];
+
     if let Some(window) = &report.window {
         rows.push(("Recoverable window", format!("{} to {}", time_text(window.after), time_text(window.until))));
     }
@@ -389,6 +391,7 @@ pub(crate) fn summary_rows(report: &Report) -> Vec<(&'static str, String)> {
         _ => "-".to_owned(),
     };
     rows.push(("RPO achieved", rpo));
+
     rows.push(("Started", time_text(report.started)));
     rows.push(("Report id", report.id.to_string()));
     rows.push(("Repository", report.repository.clone()));
@@ -398,6 +401,7 @@ pub(crate) fn summary_rows(report: &Report) -> Vec<(&'static str, String)> {
         format!("{} (removed)", report.scratch.path.display())
     };
     rows.push(("Scratch", scratch));
+
     if let Some(failure) = &report.failure {
         rows.push(("Failure", failure.clone()));
     }

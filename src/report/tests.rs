@@ -3,7 +3,7 @@ use chrono::{Duration, TimeZone, Utc};
 use super::*;
 use crate::verify::VerifyMetrics;
 
-/// A failed run with one database, one bucket and one checkpoint job.
+/// Builds a run with one database, one bucket and one checkpoint job, failed or passed.
 pub(crate) fn sample_report(started_minute: u32, result: Outcome) -> Report {
     let started = Utc.with_ymd_and_hms(2026, 12, 5, 4, started_minute, 0).unwrap();
     let target = started - Duration::hours(30);

@@ -21,7 +21,7 @@ use crate::repository::manifest::Manifest;
 const SESSION_SETTINGS: &str =
     "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET default_transaction_read_only = on";
 
-/// Missing or mismatched references listed in a check's details; the rest are counted.
+/// Missing or mismatched references that a check's details list. The rest are only counted.
 const LISTED_REFERENCES: usize = 20;
 
 /// Connects to a restored instance through its Unix socket.
@@ -91,7 +91,7 @@ async fn single_value(client: &Client, sql: &str) -> Result<Option<String>, Stri
 }
 
 /// Parses PostgreSQL's ISO text of a `timestamptz` (`2026-12-05 04:00:00.5+00`) or an RFC 3339
-/// time. A `timestamp` without time zone is read as UTC, and the flag says so.
+/// time. A `timestamp` without time zone is read as UTC, and the returned flag is then true.
 pub fn parse_time(text: &str) -> Option<(DateTime<Utc>, bool)> {
     let text = text.trim();
     for format in ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%#z"] {
@@ -109,14 +109,14 @@ fn rfc3339(t: DateTime<Utc>) -> String {
     super::rfc3339(t)
 }
 
-/// What the recovery check found.
+/// Findings of the recovery check.
 pub struct RecoveryState {
     /// Commit time of the last replayed transaction.
     pub last_replayed: Option<DateTime<Utc>>,
 }
 
 /// Checks that recovery finished and the instance was promoted: `pg_is_in_recovery()` is
-/// false. An instance paused at its target is a failure that says so.
+/// false. An instance paused at its target fails, with details that name the pause.
 pub async fn check_recovery(client: &Client) -> (Result<String, String>, RecoveryState) {
     let mut state = RecoveryState { last_replayed: None };
     let in_recovery = match single_value(client, "SELECT pg_is_in_recovery()").await {
@@ -147,7 +147,7 @@ pub async fn check_recovery(client: &Client) -> (Result<String, String>, Recover
 }
 
 /// Checks the data boundary: the query's value is at or before `target`, so the restore
-/// holds no row newer than the target.
+/// contains no row newer than the target.
 pub async fn check_data_boundary(client: &Client, boundary: &DataBoundary, target: DateTime<Utc>) -> Result<String, String> {
     let value = single_value(client, &boundary.query).await?;
     let Some(value) = value else {
@@ -236,6 +236,7 @@ pub async fn check_schema(client: &Client, schema: &SchemaCheck) -> Result<Strin
 pub async fn check_references(client: &Client, reference: &ReferenceCheck, manifest: &Manifest) -> Result<String, String> {
     let rows = query_text(client, &reference.query).await?;
     let sizes: HashMap<&str, u64> = manifest.entries.iter().map(|e| (e.key.as_str(), e.size)).collect();
+
     let mut missing = Vec::new();
     let mut mismatched = Vec::new();
     let mut nulls = 0usize;
@@ -258,6 +259,7 @@ pub async fn check_references(client: &Client, reference: &ReferenceCheck, manif
             }
         }
     }
+
     let referenced = rows.len() - nulls;
     let null_note = if nulls > 0 { format!("; {nulls} row(s) with a NULL key were skipped") } else { String::new() };
     if missing.is_empty() && mismatched.is_empty() {
@@ -267,6 +269,7 @@ pub async fn check_references(client: &Client, reference: &ReferenceCheck, manif
             manifest.id, reference.bucket
         ));
     }
+
     let mut problems = Vec::new();
     if !missing.is_empty() {
         let listed: Vec<String> = missing.iter().take(LISTED_REFERENCES).map(|k| format!("{k:?}")).collect();

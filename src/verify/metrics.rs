@@ -2,8 +2,7 @@
 //! `visage_dr_verify_last_status` and
 //! `visage_dr_last_verified_restorable_timestamp_seconds{component}`.
 //!
-//! This module only computes the values; the metrics registry of `visage-dr serve` exports
-//! them.
+//! This module only computes the values, and the caller's metrics registry exports them.
 
 use std::collections::BTreeMap;
 

@@ -113,7 +113,7 @@ pub struct KeptInstance {
 #[derive(Debug, Clone)]
 pub struct VerifyOutcome {
     pub report: Report,
-    /// Where the report files are: the repository's, then `report_dir`'s.
+    /// Locations of the report files: the repository's, then `report_dir`'s.
     pub files: Vec<String>,
     pub kept: Vec<KeptInstance>,
 }
@@ -139,7 +139,7 @@ pub async fn termination_signal() -> &'static str {
     }
 }
 
-/// Why the check phase stopped early.
+/// Reason the check phase stopped early.
 enum Interruption {
     Timeout(Duration),
     Signal(&'static str),
@@ -151,7 +151,7 @@ struct Archive {
     catalogue: Catalogue,
 }
 
-/// What the check phase reads.
+/// Inputs of the check phase.
 struct Context<'a> {
     policy: &'a Policy,
     verification: &'a Verification,
@@ -169,7 +169,7 @@ struct Context<'a> {
     keep: bool,
 }
 
-/// What the check phase produces. It lives outside the phase's future, so that a timeout or
+/// Results of the check phase. They live outside the phase's future, so that a timeout or
 /// a signal that drops the future leaves it to the teardown.
 #[derive(Default)]
 struct RunState {
@@ -562,7 +562,7 @@ async fn restore_database(context: &Context<'_>, database: &Database, state: &mu
 }
 
 /// Runs the checks of the policy on one restored database. Checks of a database that was not
-/// restored fail with that reason, so that the report lists every check the policy asks for.
+/// restored fail with that reason, so that the report lists every check of the policy.
 async fn check_database(context: &Context<'_>, name: &str, state: &mut RunState) {
     let verification = context.verification;
     let component = database_component(name);
@@ -825,8 +825,8 @@ fn build_report(input: BuildInput<'_>) -> Report {
             named.join("; ")
         }
     });
-    // The newest change the restore holds is the newest across the databases, and the RPO
-    // is measured from there to the target.
+    // The newest change that every restored database contains is the oldest of their newest
+    // changes, and the RPO is measured from there to the target.
     let newest_change = if state.databases.is_empty() || state.databases.iter().any(|d| d.newest_change.is_none()) {
         None
     } else {

@@ -19,10 +19,10 @@ use crate::repository::Repository;
 /// at most 4 × 32 MiB.
 const PACK_CACHE_PACKS: usize = 4;
 
-/// Problems listed in a check's details; the rest are counted.
+/// Problems that a check's details list. The rest are only counted.
 pub const LISTED_PROBLEMS: usize = 20;
 
-/// Why a restored object does not match its manifest entry.
+/// A restored object that does not match its manifest entry, with the reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectProblem {
     pub key: String,
@@ -75,7 +75,7 @@ pub struct SampleResult {
     pub problems: Vec<ObjectProblem>,
 }
 
-/// Chooses up to `count` entries of `manifest` at random; all of them when it has no more.
+/// Chooses up to `count` entries of `manifest` at random, or all of them when it has no more.
 pub fn choose_sample<'a>(manifest: &'a Manifest, count: usize, rng: &mut impl Rng) -> Vec<&'a Entry> {
     if manifest.entries.len() <= count {
         return manifest.entries.iter().collect();
@@ -159,7 +159,7 @@ mod tests {
     }
 
     #[test]
-    fn sample_takes_all_of_a_small_snapshot() {
+    fn small_snapshot_sampled_whole() {
         let m = manifest(5);
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
         assert_eq!(choose_sample(&m, 5, &mut rng).len(), 5);
@@ -167,7 +167,7 @@ mod tests {
     }
 
     #[test]
-    fn sample_of_a_large_snapshot_has_distinct_entries() {
+    fn large_sample_has_distinct_entries() {
         let m = manifest(100);
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
         let chosen = choose_sample(&m, 10, &mut rng);

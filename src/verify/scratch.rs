@@ -112,14 +112,7 @@ impl ScratchRun {
         self.write_marker()
     }
 
-    /// Creates a sub-directory of the run and returns its path.
-    pub fn subdir(&self, name: &str) -> Result<PathBuf, ScratchError> {
-        let path = self.path.join(name);
-        std::fs::create_dir_all(&path).map_err(io_error("create directory", &path))?;
-        Ok(path)
-    }
-
-    /// Stops every PostgreSQL still running in the directory and removes it.
+    /// Stops every process still working in the directory, PostgreSQL first, and removes it.
     pub async fn remove(&self) -> Result<(), ScratchError> {
         remove_run_dir(&self.path).await
     }
@@ -138,7 +131,7 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), ScratchError> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_error("set permissions of", path))
 }
 
-/// What [`remove_expired`] did with one directory.
+/// Outcome of [`remove_expired`] for one directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Leftover {
     pub path: PathBuf,
@@ -221,7 +214,7 @@ fn live_postmaster(pid_file: &Path) -> Option<i32> {
     (names_dir && process_alive(pid)).then_some(pid)
 }
 
-/// Returns whether `pid` is a running process; a zombie (exited, not yet reaped) is not.
+/// Returns whether `pid` is a running process. A zombie (exited, not yet reaped) is not.
 pub fn process_alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state follows the command name, which is in parentheses and may contain spaces.
@@ -314,7 +307,7 @@ mod tests {
     }
 
     #[test]
-    fn runs_in_the_same_second_get_distinct_directories() {
+    fn same_second_runs_get_distinct_dirs() {
         let root = tempfile::tempdir().unwrap();
         let now = Utc::now();
         let a = ScratchRun::create(root.path(), now, Duration::from_secs(60)).unwrap();
@@ -335,7 +328,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn processes_in_the_directory_are_stopped() {
+    async fn remove_stops_processes_inside() {
         let root = tempfile::tempdir().unwrap();
         let run = ScratchRun::create(root.path(), Utc::now(), Duration::from_secs(60)).unwrap();
         let file = run.path.join("busy");

@@ -7,7 +7,7 @@ use rand::Rng;
 use crate::postgres::catalogue::Catalogue;
 use crate::postgres::wal::WalSegment;
 
-/// Archived WAL segments that must follow a random target, so that the archive holds commits
+/// Archived WAL segments that must follow a random target, so that the archive contains commits
 /// after it. PostgreSQL stops recovery at the first commit after the target, and when the WAL
 /// ends before one it fails with "recovery ended before configured recovery target was
 /// reached". A segment's time is estimated from its upload, which comes after its last commit,
@@ -36,10 +36,10 @@ pub struct ComponentWindow {
     pub intervals: Vec<Interval>,
 }
 
-/// Returns the instants a database can be restored to with recovery stopping at the target:
-/// each reachable range of its archive, from just after the end of its first base backup to
-/// the estimated time of the segment [`SEGMENTS_AFTER_RANDOM_TARGET`] before the range's last
-/// one.
+/// Returns the instants a database can be restored to with recovery stopping at the target.
+/// Each reachable range of its archive counts from just after the end of its first base
+/// backup. It ends at the estimated time of the segment [`SEGMENTS_AFTER_RANDOM_TARGET`]
+/// positions before the range's last one.
 pub fn database_window(name: &str, catalogue: &Catalogue) -> ComponentWindow {
     let mut intervals = Vec::new();
     for range in &catalogue.recoverable_ranges {
@@ -217,7 +217,8 @@ mod tests {
             halves[inside.unwrap()] += 1;
         }
         // Both intervals are one minute long, so each gets about half of the picks.
-        assert!(halves[0] > 400 && halves[1] > 400, "{halves:?}");
+        assert!(halves[0] > 400, "{halves:?}");
+        assert!(halves[1] > 400, "{halves:?}");
     }
 
     #[test]

@@ -187,8 +187,8 @@ impl PgServer {
 
     /// Stops the server by its PID and waits for it (and its archiver) to exit.
     ///
-    /// The server is this process's child, so it stays a zombie until it is reaped: waiting
-    /// with `try_wait` sees the exit, where probing the PID with signal 0 would not.
+    /// The server is this process's child, so it stays a zombie until it is reaped. Waiting
+    /// with `try_wait` detects the exit, but probing the PID with signal 0 would not.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             // SAFETY: kill has no memory-safety preconditions.
