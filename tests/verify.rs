@@ -1,8 +1,9 @@
 //! `visage-dr verify` against real PostgreSQL 15, barman-cloud and Garage. The cases: a
 //! passing run with every check kind, whose HTML report is rendered in headless Chromium; a
 //! run whose checks fail (a corrupted blob, missing referenced objects, a false assertion);
-//! `--keep` and the removal of expired leftovers; SIGTERM; the policy timeout; and a damaged
-//! WAL segment that keeps the restore from reaching its target.
+//! `--keep` and the removal of expired leftovers; SIGTERM; the policy timeout; the
+//! controller's verification job; and a damaged WAL segment that keeps the restore from
+//! reaching its target.
 //!
 //! All cases share one source server, one base backup, one bucket snapshot and one
 //! checkpoint, because a base backup and its WAL take most of the set-up time. Each case
@@ -593,6 +594,22 @@ async fn timeout_tears_down(fixture: &Fixture) {
     assert_torn_down(&case);
 }
 
+/// Runs the policy's verification job through the controller, as the CronJob does.
+async fn run_job_verifies(fixture: &Fixture) {
+    let case = fixture.case(&PolicyCase { name: "job", timeout: "5min", extra_checks: "", references_query: "SELECT storage_key FROM images" });
+    let run = visage(&["run", "--policy", &policy_arg(&case), "--job", "verification", "--json"]).await;
+    assert_eq!(run.code, Some(0), "{}\n{}", run.stderr, run.stdout);
+    let jobs: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(jobs[0]["job"], "verification", "{jobs}");
+    assert_eq!(jobs[0]["result"], "succeeded", "{jobs}");
+    let id = jobs[0]["ids"][0].as_str().expect("the job names its report");
+    let stored = case.join("repo/reports").join(id).join("report.json");
+    let report: Value = serde_json::from_slice(&std::fs::read(&stored).unwrap()).unwrap();
+    assert_eq!(report["result"], "pass", "{report}");
+    assert_eq!(report["target_choice"], "random", "{report}");
+    assert_torn_down(&case);
+}
+
 /// Overwrites an archived WAL segment that recovery needs, so that the restore cannot reach
 /// its target. Runs after the other cases, since it damages the shared archive.
 async fn broken_wal_fails_restore(fixture: &Fixture) {
@@ -641,6 +658,7 @@ async fn verify_cases_share_one_backup() {
         keep_then_expire(&fixture),
         sigterm_tears_down(&fixture),
         timeout_tears_down(&fixture),
+        run_job_verifies(&fixture),
     );
     broken_wal_fails_restore(&fixture).await;
     eprintln!("verify cases took {:.1} s", clock.elapsed().as_secs_f64());
