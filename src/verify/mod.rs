@@ -250,11 +250,65 @@ async fn run(
 
     let archives = read_archives(policy).await?;
     let lock = repo.lock(LockKind::Shared, "verify").await?;
+    let result = run_locked(policy, &repo, options, interrupted, &archives, clock, started).await;
+    if let Err(e) = lock.release().await {
+        warn!(error = %e, "could not remove the repository lock; it turns stale by itself");
+    }
+    let Locked { choice, state, run_dir, bucket_snapshots, checkpoints, checks_done, kept } = result?;
+
+    let finished = Utc::now();
+    let report = build_report(BuildInput {
+        id,
+        policy,
+        repo: &repo,
+        started,
+        finished,
+        choice: &choice,
+        checks_done,
+        state,
+        bucket_snapshots: &bucket_snapshots,
+        checkpoints: &checkpoints,
+        scratch: ScratchReport { path: run_dir.path, kept: options.keep, expires: run_dir.marker.expires },
+    });
+    record_verified(&repo, &report, &bucket_snapshots, &checkpoints).await;
+    let files = store_report(&repo, &report, options.report_dir.as_deref()).await?;
+    match report.result {
+        Outcome::Pass => info!(verify.result = "pass", "verification passed"),
+        Outcome::Fail => warn!(verify.result = "fail", verify.failure = report.failure.as_deref().unwrap_or(""), "verification failed"),
+    }
+    Ok(VerifyOutcome { report, files, kept })
+}
+
+/// Results of the part of a run under the repository lock, for the report.
+struct Locked {
+    choice: Choice,
+    state: RunState,
+    run_dir: ScratchRun,
+    bucket_snapshots: HashMap<String, Manifest>,
+    checkpoints: Vec<CheckpointRecord>,
+    /// Seconds from the start of the run until the check phase ended.
+    checks_done: f64,
+    kept: Vec<KeptInstance>,
+}
+
+/// Chooses the target, restores, checks and tears down. The caller holds a shared repository
+/// lock, so that no prune deletes data that the run reads.
+async fn run_locked(
+    policy: &Policy,
+    repo: &Arc<Repository>,
+    options: &VerifyOptions,
+    interrupted: impl Future<Output = &'static str>,
+    archives: &HashMap<String, Archive>,
+    clock: Instant,
+    started: DateTime<Utc>,
+) -> Result<Locked, VerifyError> {
+    let verification = policy.verification.as_ref().ok_or(VerifyError::NoVerification)?;
+    let scratch_dir = verification.scratch_dir.as_ref().ok_or(VerifyError::NoScratchDir)?;
     // A prune may have run since the repository was opened; the lock keeps the next one out.
     repo.reload_index().await?;
     let manifests: Vec<Manifest> = repo.load_manifests().await?.into_iter().filter(|m| m.is_complete()).collect();
 
-    let choice = choose_target(policy, options.target, &archives, &manifests)?;
+    let choice = choose_target(policy, options.target, archives, &manifests)?;
     tracing::Span::current().record("verify.target_time", tracing::field::display(&choice.target));
     let window_text = choice
         .window
@@ -273,13 +327,13 @@ async fn run(
     let context = Context {
         policy,
         verification,
-        repo: &repo,
+        repo,
         run_dir: run_dir.path.clone(),
         target: choice.target,
         to_end_of_archive: choice.to_end_of_archive,
         clock,
         deadline,
-        archives: &archives,
+        archives,
         bucket_snapshots: &bucket_snapshots,
         checkpoints: &checkpoints,
         keep: options.keep,
@@ -300,12 +354,12 @@ async fn run(
     let phase_start = Instant::now();
     match interruption {
         Some(Interruption::Timeout(limit)) => {
-            let minutes = limit.as_secs_f64() / 60.0;
+            let limit = report::duration_text(limit.as_secs_f64());
             state.record(
                 "run".into(),
                 "run",
                 phase_start,
-                Err(format!("the run did not finish within verification.timeout ({minutes:.0} min) and was stopped; raise the timeout or look at the slowest check above")),
+                Err(format!("the run did not finish within verification.timeout ({limit}) and was stopped; raise the timeout or look at the slowest check above")),
             );
         }
         Some(Interruption::Signal(name)) => {
@@ -316,31 +370,7 @@ async fn run(
     }
 
     let kept = teardown(&mut state, &mut run_dir, options.keep).await;
-    if let Err(e) = lock.release().await {
-        warn!(error = %e, "could not remove the repository lock; it turns stale by itself");
-    }
-
-    let finished = Utc::now();
-    let report = build_report(BuildInput {
-        id,
-        policy,
-        repo: &repo,
-        started,
-        finished,
-        choice: &choice,
-        checks_done,
-        state,
-        bucket_snapshots: &bucket_snapshots,
-        checkpoints: &checkpoints,
-        scratch: ScratchReport { path: run_dir.path.clone(), kept: options.keep, expires: run_dir.marker.expires },
-    });
-    record_verified(&repo, &report, &bucket_snapshots, &checkpoints).await;
-    let files = store_report(&repo, &report, options.report_dir.as_deref()).await?;
-    match report.result {
-        Outcome::Pass => info!(verify.result = "pass", "verification passed"),
-        Outcome::Fail => warn!(verify.result = "fail", verify.failure = report.failure.as_deref().unwrap_or(""), "verification failed"),
-    }
-    Ok(VerifyOutcome { report, files, kept })
+    Ok(Locked { choice, state, run_dir, bucket_snapshots, checkpoints, checks_done, kept })
 }
 
 /// Reads the archive catalogue of every local-driver database.
@@ -502,7 +532,7 @@ async fn restore_database(context: &Context<'_>, database: &Database, state: &mu
         let request = RestoreRequest {
             target: context.target,
             to_end_of_archive: context.to_end_of_archive,
-            into: context.run_dir.join(format!("pg-{name}")),
+            into: context.run_dir.join(format!("pg-{}", scratch::file_name(name))),
             port: None,
             timeout: remaining,
         };
@@ -640,7 +670,7 @@ async fn check_bucket(context: &Context<'_>, bucket: &Bucket, state: &mut RunSta
         return;
     };
     let entries = objects::choose_sample(manifest, context.verification.sample_objects as usize, &mut rand::thread_rng());
-    let dir = match context_subdir(context, &format!("objects/{}", bucket.name)) {
+    let dir = match context_subdir(context, &format!("objects/{}", scratch::file_name(&bucket.name))) {
         Ok(dir) => dir,
         Err(e) => {
             state.record(check, &component, started, Err(e));
@@ -690,7 +720,7 @@ async fn check_checkpoint(context: &Context<'_>, checkpoint: &CheckpointRecord, 
             .find(|e| e.key == checkpoint.step)
             .ok_or_else(|| format!("snapshot {} has no entry for step {}", checkpoint.snapshot, checkpoint.step))?;
         let cache = crate::repository::pack_cache::PackCache::new(context.repo.clone(), 4);
-        let path = dir.join(&checkpoint.job);
+        let path = dir.join(scratch::file_name(&checkpoint.job));
         objects::restore_entry(&cache, &checkpoint.snapshot, entry, &path).await.map_err(|p| p.to_string())?;
         Ok(format!(
             "step {} of snapshot {} restored ({}); its SHA-256 {} matches",

@@ -38,6 +38,18 @@ pub const TEARDOWN_GRACE: Duration = Duration::from_secs(10 * 60);
 /// How long a stopping PostgreSQL gets for a fast shutdown before it is killed.
 const FAST_SHUTDOWN_WAIT: Duration = Duration::from_secs(30);
 
+/// Returns `name` as one safe path component: every character other than `A-Z a-z 0-9 . _ -`
+/// becomes `_`, and `.` or `..` get a leading `_`, so a policy name cannot leave the run
+/// directory.
+pub fn file_name(name: &str) -> String {
+    let safe: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
+    if safe.is_empty() || safe == "." || safe == ".." {
+        format!("_{safe}")
+    } else {
+        safe
+    }
+}
+
 /// Errors of scratch directories.
 #[derive(Debug, thiserror::Error)]
 pub enum ScratchError {
@@ -340,6 +352,14 @@ mod tests {
         let _ = child.wait();
         assert!(!run.path.exists());
         assert!(!process_alive(pid));
+    }
+
+    #[test]
+    fn file_name_stays_inside() {
+        let cases = [("uploads", "uploads"), ("a/b", "a_b"), ("..", "_.."), (".", "_."), ("", "_"), ("bild ä", "bild__")];
+        for (name, expected) in cases {
+            assert_eq!(file_name(name), expected, "{name:?}");
+        }
     }
 
     #[test]
