@@ -217,6 +217,17 @@ fn assert_torn_down(case: &Path) {
     assert_eq!(processes_under(&scratch), Vec::<String>::new(), "processes left in {}", scratch.display());
 }
 
+/// Stops a kept scratch instance when the case ends before the next run removed it.
+struct KeptPid(i32);
+
+impl Drop for KeptPid {
+    fn drop(&mut self) {
+        if pid_alive(self.0) {
+            pg::stop_postgres_pid(self.0 as u32);
+        }
+    }
+}
+
 fn pid_alive(pid: i32) -> bool {
     // Zombies are dead: their stat state is Z.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -513,6 +524,7 @@ async fn keep_then_expire(fixture: &Fixture) {
     let first = json.unwrap()["report"].clone();
     assert_eq!(first["scratch"]["kept"], true);
     let pid = first["databases"][0]["pid"].as_i64().unwrap() as i32;
+    let _kept = KeptPid(pid);
     let port = first["databases"][0]["port"].as_u64().unwrap() as u16;
     let kept_dir = PathBuf::from(first["scratch"]["path"].as_str().unwrap());
     assert!(kept_dir.join("pg-app/data").is_dir(), "the kept data directory is gone");

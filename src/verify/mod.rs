@@ -39,7 +39,7 @@ use crate::id::{ReportId, SnapshotId};
 use crate::policy::{Bucket, Database, Policy, Verification};
 use crate::postgres::catalogue::{Catalogue, PlanError};
 use crate::postgres::config::Driver;
-use crate::postgres::local::{self, RestoreRequest, RestoredInstance, Tools};
+use crate::postgres::local::{self, LocalError, RestoreRequest, RestoredInstance, Tools};
 use crate::postgres::store::{ArchiveStore, StoreError};
 use crate::postgres::target_time::TargetTime;
 use crate::report::{
@@ -537,7 +537,14 @@ async fn restore_database(context: &Context<'_>, database: &Database, state: &mu
             timeout: remaining,
         };
         let plan = local::plan_restore(&database.spec, &Tools::from_env(), &archive.store, &archive.catalogue, &request, Utc::now())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| match e {
+                // The local driver's advice names --into, which verify does not have.
+                LocalError::SocketPathTooLong { path } => format!(
+                    "the Unix socket path under {} would be longer than PostgreSQL accepts (107 bytes); choose a shorter verification.scratch_dir",
+                    path.display()
+                ),
+                other => other.to_string(),
+            })?;
         let mut report = DatabaseReport {
             name: name.clone(),
             driver: "local".into(),
