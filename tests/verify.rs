@@ -2,8 +2,8 @@
 //! passing run with every check kind, whose HTML report is rendered in headless Chromium; a
 //! run whose checks fail (a corrupted blob, missing referenced objects, a false assertion);
 //! `--keep` and the removal of expired leftovers; SIGTERM; the policy timeout; the
-//! controller's verification job; and a damaged WAL segment that keeps the restore from
-//! reaching its target.
+//! controller's verification job; an instance paused at its target; and a damaged WAL
+//! segment that keeps the restore from reaching its target.
 //!
 //! All cases share one source server, one base backup, one bucket snapshot and one
 //! checkpoint, because a base backup and its WAL take most of the set-up time. Each case
@@ -225,6 +225,22 @@ impl Drop for KeptPid {
         if pid_alive(self.0) {
             pg::stop_postgres_pid(self.0 as u32);
         }
+    }
+}
+
+/// A PostgreSQL server started by the test, stopped with a fast shutdown and reaped on drop.
+struct ServerChild(std::process::Child);
+
+impl Drop for ServerChild {
+    fn drop(&mut self) {
+        // SAFETY: kill has no memory-safety preconditions; the PID is our child's.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -606,6 +622,93 @@ async fn timeout_tears_down(fixture: &Fixture) {
     assert_torn_down(&case);
 }
 
+/// Starts a restore that pauses at its target instead of promoting, and checks that the
+/// recovery check fails and names the pause. The local driver always promotes, so the test
+/// builds the instance from the driver's dry-run plan with `recovery_target_action = 'pause'`.
+async fn paused_recovery_fails(fixture: &Fixture) {
+    let case = fixture.case(&PolicyCase { name: "paused", timeout: "5min", extra_checks: "", references_query: "SELECT storage_key FROM images" });
+    let policy = policy_arg(&case);
+    let window = visage(&["postgres", "window", "--policy", &policy, "--json"]).await;
+    assert_eq!(window.code, Some(0), "{}", window.stderr);
+    let window: Value = serde_json::from_str(&window.stdout).unwrap();
+    let until: chrono::DateTime<chrono::Utc> = serde_json::from_value(window[0]["window"]["until"].clone()).unwrap();
+    let target = (until - chrono::Duration::seconds(3)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let into = case.join("restore");
+    let dry = visage(&[
+        "restore", "postgres", "--policy", &policy, "--name", "app", "--target-time", &target,
+        "--into", into.to_str().unwrap(), "--dry-run", "--json",
+    ])
+    .await;
+    assert_eq!(dry.code, Some(0), "{}", dry.stderr);
+    let plan: Value = serde_json::from_str(&dry.stdout).unwrap();
+    let data = PathBuf::from(plan["data_dir"].as_str().unwrap());
+    let server_bin = PathBuf::from(plan["server_bin"].as_str().unwrap());
+    let port = plan["port"].as_u64().unwrap() as u16;
+
+    let user = OsUser::lookup("postgres").unwrap();
+    std::fs::create_dir_all(&into).unwrap();
+    std::os::unix::fs::chown(&into, Some(user.uid), Some(user.gid)).unwrap();
+    let as_postgres = |program: PathBuf| {
+        let mut command = std::process::Command::new(program);
+        std::os::unix::process::CommandExt::uid(&mut command, user.uid);
+        std::os::unix::process::CommandExt::gid(&mut command, user.gid);
+        command
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", &user.home)
+            .env("AWS_ACCESS_KEY_ID", &fixture.s3.access_key)
+            .env("AWS_SECRET_ACCESS_KEY", &fixture.s3.secret_key)
+            .env("AWS_DEFAULT_REGION", &fixture.s3.region);
+        command
+    };
+    let restored = as_postgres(pg::barman_bin().join("barman-cloud-restore"))
+        .args(["--endpoint-url", &fixture.s3.endpoint, &format!("s3://{}/pg", fixture.pg_bucket), "main"])
+        .arg(plan["backup"]["id"].as_str().unwrap())
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(restored.status.success(), "barman-cloud-restore failed: {}", String::from_utf8_lossy(&restored.stderr));
+    let mut settings = String::new();
+    for pair in plan["recovery_settings"].as_array().unwrap() {
+        let (name, value) = (pair[0].as_str().unwrap(), pair[1].as_str().unwrap());
+        let value = if name == "recovery_target_action" { "'pause'" } else { value };
+        settings.push_str(&format!("{name} = {value}\n"));
+    }
+    let auto_conf = data.join("postgresql.auto.conf");
+    let mut conf = std::fs::read_to_string(&auto_conf).unwrap_or_default();
+    conf.push_str(&settings);
+    std::fs::write(&auto_conf, conf).unwrap();
+    std::fs::write(data.join("recovery.signal"), b"").unwrap();
+    for file in [&auto_conf, &data.join("recovery.signal")] {
+        std::os::unix::fs::chown(file, Some(user.uid), Some(user.gid)).unwrap();
+    }
+    let log = std::fs::File::create(into.join("postgresql.log")).unwrap();
+    let server = as_postgres(server_bin.join("postgres"))
+        .arg("-D")
+        .arg(&data)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let _server = ServerChild(server);
+
+    // Wait until replay has paused at the target.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let client = loop {
+        if let Ok(client) = pg::connect(port).await {
+            let state: Option<String> = client.query_one("SELECT pg_get_wal_replay_pause_state()", &[]).await.ok().map(|r| r.get(0));
+            if state.as_deref() == Some("paused") {
+                break client;
+            }
+        }
+        assert!(Instant::now() < deadline, "recovery did not pause: {}", std::fs::read_to_string(into.join("postgresql.log")).unwrap_or_default());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let (outcome, _) = visage_dr::verify::database::check_recovery(&client).await;
+    let details = outcome.expect_err("a paused instance fails the recovery check");
+    assert!(details.starts_with("recovery is paused at its target and the instance was not promoted"), "{details}");
+}
+
 /// Runs the policy's verification job through the controller, as the CronJob does.
 async fn run_job_verifies(fixture: &Fixture) {
     let case = fixture.case(&PolicyCase { name: "job", timeout: "5min", extra_checks: "", references_query: "SELECT storage_key FROM images" });
@@ -671,6 +774,7 @@ async fn verify_cases_share_one_backup() {
         sigterm_tears_down(&fixture),
         timeout_tears_down(&fixture),
         run_job_verifies(&fixture),
+        paused_recovery_fails(&fixture),
     );
     broken_wal_fails_restore(&fixture).await;
     eprintln!("verify cases took {:.1} s", clock.elapsed().as_secs_f64());
