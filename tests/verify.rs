@@ -1,9 +1,12 @@
-//! `visage-dr verify` against real PostgreSQL 15, barman-cloud and Garage. The cases: a
-//! passing run with every check kind, whose HTML report is rendered in headless Chromium; a
-//! run whose checks fail (a corrupted blob, missing referenced objects, a false assertion);
-//! `--keep` and the removal of expired leftovers; SIGTERM; the policy timeout; the
-//! controller's verification job; an instance paused at its target; and a damaged WAL
-//! segment that keeps the restore from reaching its target.
+//! `visage-dr verify` against real PostgreSQL 15, barman-cloud and Garage. The cases:
+//!
+//! - a passing run with every check kind, whose HTML report is rendered in headless Chromium;
+//! - a run whose checks fail: a corrupted blob, missing referenced objects, a false assertion;
+//! - `--keep`, and the removal of the expired leftover by the next run;
+//! - SIGTERM, and the policy timeout;
+//! - the controller's verification job;
+//! - an instance paused at its target;
+//! - a damaged WAL segment that keeps the restore from reaching its target.
 //!
 //! All cases share one source server, one base backup, one bucket snapshot and one
 //! checkpoint, because a base backup and its WAL take most of the set-up time. Each case
