@@ -13,7 +13,7 @@ use super::repo::print_table;
 use super::CliError;
 use crate::postgres::target_time::TargetTime;
 use crate::report::{self, duration_text, optional_duration, time_text, Outcome, Report, ReportError};
-use crate::repository::{RepoError, RepoOptions, RepoUrl, Repository};
+use crate::repository::{RepoOptions, RepoUrl, Repository};
 use crate::s3::S3Overrides;
 use crate::verify::{self, TargetRequest, VerifyError, VerifyOptions};
 
@@ -185,7 +185,7 @@ pub async fn reports(a: ReportsArgs) -> Result<ExitCode, CliError> {
                 s3: S3Overrides { endpoint: a.repo_s3_endpoint.clone(), ..S3Overrides::default() },
                 ..RepoOptions::default()
             };
-            Arc::new(Repository::open(&url, options).await.map_err(|e: RepoError| CliError::from(e))?)
+            Arc::new(Repository::open(&url, options).await?)
         }
         (None, None) => return Err(CliError::usage("give --policy PATH or --repo URL to name the repository")),
     };

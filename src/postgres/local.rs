@@ -850,7 +850,7 @@ const CLIENT_REJECTIONS: &[&str] = &[
 ];
 
 /// Extracts PostgreSQL's reason for exiting from its log: the first `FATAL` or `PANIC`
-/// message that is not a rejected client connection ([`CLIENT_REJECTIONS`]), with the
+/// message that is not a rejected client connection (`CLIENT_REJECTIONS`), with the
 /// `DETAIL` and `HINT` lines after it. When recovery ran out of WAL, the time of the last
 /// replayed transaction is added, because it shows which target would work.
 ///
