@@ -18,6 +18,7 @@ use crate::repository::{RepoError, Repository};
 use crate::schedule::Schedule;
 use crate::scheduler::{check_due, DueCheck};
 use crate::sources::bucket::{self, SnapshotOptions};
+use crate::verify;
 
 /// Selection of the jobs a cycle runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -308,11 +309,7 @@ async fn run_job(policy: &Policy, repo: &Arc<Repository>, job: &PlannedJob, slot
             }
         }
         JobKind::Prune => prune_job(policy, repo, &mut report).await,
-        JobKind::Verification => {
-            report.result = JobResult::Skipped;
-            report.detail = Some("restore verification is not built yet".into());
-            Ok(())
-        }
+        JobKind::Verification => verification_job(policy, repo, &mut report).await,
     };
     report.seconds = clock.elapsed().as_secs_f64();
     if let Err(e) = outcome {
@@ -323,6 +320,18 @@ async fn run_job(policy: &Policy, repo: &Arc<Repository>, job: &PlannedJob, slot
         info!(job.seconds = report.seconds, "job succeeded");
     }
     report
+}
+
+/// Runs a restore verification to a random instant of the recoverable window and stores its
+/// report; a failed verification fails the job.
+async fn verification_job(policy: &Policy, repo: &Arc<Repository>, report: &mut JobReport) -> Result<(), String> {
+    let options = verify::VerifyOptions { target: verify::TargetRequest::Random, keep: false, report_dir: None };
+    let outcome = verify::verify(policy, repo.clone(), &options, verify::termination_signal()).await.map_err(|e| e.to_string())?;
+    report.ids.push(outcome.report.id.to_string());
+    match outcome.report.failure {
+        None => Ok(()),
+        Some(failure) => Err(format!("verification failed: {failure}")),
+    }
 }
 
 async fn prune_job(policy: &Policy, repo: &Arc<Repository>, report: &mut JobReport) -> Result<(), String> {

@@ -223,6 +223,12 @@ time_id!(
     LockId,
     "lock"
 );
+time_id!(
+    /// A verification report's id, of the same form as a snapshot id: the
+    /// run's start time, so reports sort by when they ran.
+    ReportId,
+    "report"
+);
 
 #[cfg(test)]
 mod tests {

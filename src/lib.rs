@@ -22,6 +22,10 @@
 //! - [`prune`]: retention applied to a repository, with guard rails.
 //! - [`kube_api`]: every Kubernetes API call the code makes, which the RBAC
 //!   rules in `deploy/` grant.
+//! - [`verify`]: restore verification: every component restored to one target time in
+//!   scratch resources, checked and torn down (`docs/verification.md`).
+//! - [`report`]: verification reports (JSON, Markdown, self-contained HTML) stored under
+//!   `reports/` in the repository.
 //! - [`controller`]: one cycle of policy jobs (`visage-dr run`), recorded per
 //!   schedule slot.
 //! - [`service`]: the long-running controller of `visage-dr serve`: the
@@ -40,6 +44,7 @@ pub mod policy;
 pub mod postgres;
 pub mod progress;
 pub mod prune;
+pub mod report;
 pub mod repository;
 pub mod restore;
 pub mod retention;
@@ -50,3 +55,4 @@ pub mod server;
 pub mod service;
 pub mod sources;
 pub mod units;
+pub mod verify;

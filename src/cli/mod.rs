@@ -15,6 +15,7 @@ mod repo;
 mod restore;
 mod run;
 mod serve;
+mod verify;
 
 use std::process::ExitCode;
 
@@ -86,6 +87,10 @@ pub enum Command {
     /// Inspect PostgreSQL archives.
     #[command(subcommand)]
     Postgres(PostgresCommand),
+    /// Restore every component to one point in time in scratch resources, check the result, tear down and write a report.
+    Verify(verify::VerifyArgs),
+    /// List past verification runs with their outcome.
+    Reports(verify::ReportsArgs),
     /// Run the checkpoint HTTP API that training jobs push checkpoints to.
     Serve(serve::ServeArgs),
     /// Push, pull or list training checkpoints on a checkpoint API server.
@@ -297,6 +302,8 @@ async fn run(command: Command) -> Result<ExitCode, CliError> {
         Command::Retention(RetentionCommand::Simulate(a)) => policy::retention_simulate(a).await,
         Command::Backup(BackupCommand::Postgres(a)) => postgres::backup(a).await,
         Command::Postgres(PostgresCommand::Window(a)) => postgres::window(a).await,
+        Command::Verify(a) => verify::verify(a).await,
+        Command::Reports(a) => verify::reports(a).await,
         Command::Serve(a) => serve::serve(a).await,
         Command::Checkpoint(c) => checkpoint::run(c).await,
     }

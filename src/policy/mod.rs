@@ -168,7 +168,8 @@ pub struct Verification {
     pub scratch_dir: Option<PathBuf>,
     /// Time after which a verification run is stopped and reported as failed.
     pub timeout: std::time::Duration,
-    /// Number of objects per bucket whose restored content is compared with the source.
+    /// Number of objects per bucket that are restored and checked against the SHA-256 of the
+    /// manifest; all of them when the snapshot has no more.
     pub sample_objects: u32,
     pub data_boundary: Option<DataBoundary>,
     pub references: Vec<ReferenceCheck>,
@@ -176,8 +177,8 @@ pub struct Verification {
     pub checks: Vec<QueryCheck>,
 }
 
-/// A query that returns the time of the newest row of the restored database, compared with the
-/// snapshot time to show how much data a restore would lose.
+/// A query that returns the time of the newest row of the restored database, which must be at
+/// or before the target time of the verification.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataBoundary {
@@ -186,7 +187,8 @@ pub struct DataBoundary {
     pub query: String,
 }
 
-/// A query that returns object keys, each of which must exist in the restored bucket.
+/// A query that returns object keys, each of which must exist in the bucket snapshot chosen for
+/// the target time. An optional second column is the size in bytes, which must match.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReferenceCheck {
@@ -217,14 +219,40 @@ pub struct QueryCheck {
     pub expect: Expectation,
 }
 
-/// A comparison such as `>= 1`, applied to a query result.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Expectation {
-    pub operator: Comparison,
-    pub value: f64,
+/// Condition on the single value of a check query: a comparison such as `>= 1`, a range such
+/// as `between 10 and 20`, or a regular expression such as `matches ^v[0-9]+$`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Expectation {
+    /// A number compared with `value`.
+    Compare { operator: Comparison, value: f64 },
+    /// A number in the closed range from `low` to `high`.
+    Between { low: f64, high: f64 },
+    /// Text that the regular expression matches (anywhere, unless it is anchored).
+    Matches(TextPattern),
 }
 
-/// The operator of an [`Expectation`].
+/// A regular expression of an [`Expectation`], in the syntax of the `regex-lite` crate.
+#[derive(Debug, Clone)]
+pub struct TextPattern(regex_lite::Regex);
+
+impl TextPattern {
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+
+    /// Returns whether the expression matches somewhere in `text`.
+    pub fn is_match(&self, text: &str) -> bool {
+        self.0.is_match(text)
+    }
+}
+
+impl PartialEq for TextPattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+/// The operator of [`Expectation::Compare`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Comparison {
     Equal,
@@ -260,50 +288,111 @@ impl Comparison {
 }
 
 impl Expectation {
-    /// Returns whether `actual` meets the expectation.
+    /// Returns whether the number `actual` meets the expectation. A regular expression never
+    /// accepts a number; [`Expectation::accepts_text`] tests text.
     pub fn accepts(&self, actual: f64) -> bool {
-        match self.operator {
-            Comparison::Equal => actual == self.value,
-            Comparison::NotEqual => actual != self.value,
-            Comparison::Less => actual < self.value,
-            Comparison::LessOrEqual => actual <= self.value,
-            Comparison::Greater => actual > self.value,
-            Comparison::GreaterOrEqual => actual >= self.value,
+        match self {
+            Expectation::Compare { operator, value } => match operator {
+                Comparison::Equal => actual == *value,
+                Comparison::NotEqual => actual != *value,
+                Comparison::Less => actual < *value,
+                Comparison::LessOrEqual => actual <= *value,
+                Comparison::Greater => actual > *value,
+                Comparison::GreaterOrEqual => actual >= *value,
+            },
+            Expectation::Between { low, high } => *low <= actual && actual <= *high,
+            Expectation::Matches(_) => false,
         }
+    }
+
+    /// Returns whether a query result, as PostgreSQL's text output, meets the expectation.
+    /// Comparisons and ranges parse the text as a number first, and text that is not a number
+    /// never meets them.
+    pub fn accepts_text(&self, actual: &str) -> bool {
+        match self {
+            Expectation::Matches(pattern) => pattern.is_match(actual),
+            _ => actual.trim().parse::<f64>().is_ok_and(|number| self.accepts(number)),
+        }
+    }
+
+    /// Returns whether the expectation compares numbers (and not text).
+    pub fn is_numeric(&self) -> bool {
+        !matches!(self, Expectation::Matches(_))
     }
 }
 
 impl fmt::Display for Expectation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.operator.symbol(), self.value)
+        match self {
+            Expectation::Compare { operator, value } => write!(f, "{} {value}", operator.symbol()),
+            Expectation::Between { low, high } => write!(f, "between {low} and {high}"),
+            Expectation::Matches(pattern) => write!(f, "matches {}", pattern.as_str()),
+        }
     }
 }
 
 /// An invalid `expect` value.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid expectation {0:?}: write an operator (==, !=, <, <=, >, >=) and a number, such as \">= 1\"")]
-pub struct ParseExpectationError(String);
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ParseExpectationError {
+    #[error("invalid expectation {0:?}: write an operator (==, !=, <, <=, >, >=) and a number such as \">= 1\", \"between 10 and 20\", or \"matches\" and a regular expression such as \"matches ^v[0-9]+$\"")]
+    Syntax(String),
+    #[error("invalid expectation {input:?}: the range is empty because {low} is greater than {high}; write the lower bound first")]
+    EmptyRange { input: String, low: f64, high: f64 },
+    #[error("invalid expectation {input:?}: the regular expression is invalid: {reason}")]
+    InvalidPattern { input: String, reason: String },
+}
+
+/// Splits `text` after a leading keyword, compared without case: `between 1 and 2` with the
+/// keyword `between` returns `1 and 2`.
+fn strip_keyword<'a>(text: &'a str, keyword: &str) -> Option<&'a str> {
+    let head = text.get(..keyword.len())?;
+    let rest = &text[keyword.len()..];
+    let separated = rest.starts_with(char::is_whitespace);
+    (head.eq_ignore_ascii_case(keyword) && separated).then(|| rest.trim())
+}
+
+fn parse_number(text: &str, input: &str) -> Result<f64, ParseExpectationError> {
+    let value: f64 = text.trim().parse().map_err(|_| ParseExpectationError::Syntax(input.to_owned()))?;
+    if !value.is_finite() {
+        return Err(ParseExpectationError::Syntax(input.to_owned()));
+    }
+    Ok(value)
+}
 
 impl FromStr for Expectation {
     type Err = ParseExpectationError;
 
-    /// Parses `<operator> <number>`. A number alone means `==`.
+    /// Parses `<operator> <number>` (a number alone means `==`), `between <low> and <high>`,
+    /// or `matches <regular expression>`.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let trimmed = text.trim();
+        if let Some(pattern) = strip_keyword(trimmed, "matches") {
+            let regex = regex_lite::Regex::new(pattern).map_err(|e| ParseExpectationError::InvalidPattern {
+                input: text.to_owned(),
+                reason: e.to_string(),
+            })?;
+            return Ok(Expectation::Matches(TextPattern(regex)));
+        }
+        if let Some(range) = strip_keyword(trimmed, "between") {
+            let lowered = range.to_ascii_lowercase();
+            let Some(at) = lowered.find(" and ") else {
+                return Err(ParseExpectationError::Syntax(text.to_owned()));
+            };
+            let low = parse_number(&range[..at], text)?;
+            let high = parse_number(&range[at + " and ".len()..], text)?;
+            if low > high {
+                return Err(ParseExpectationError::EmptyRange { input: text.to_owned(), low, high });
+            }
+            return Ok(Expectation::Between { low, high });
+        }
         let (operator, rest) = Comparison::ALL
             .iter()
             .find_map(|(symbol, operator)| {
                 trimmed.strip_prefix(symbol).map(|rest| (*operator, rest))
             })
             .unwrap_or((Comparison::Equal, trimmed));
-        let value: f64 = rest
-            .trim()
-            .parse()
-            .map_err(|_| ParseExpectationError(text.to_owned()))?;
-        if !value.is_finite() {
-            return Err(ParseExpectationError(text.to_owned()));
-        }
-        Ok(Expectation { operator, value })
+        let value = parse_number(rest, text)?;
+        Ok(Expectation::Compare { operator, value })
     }
 }
 

@@ -361,11 +361,36 @@ fn expectation_parses() {
     ];
     for (text, operator, value) in cases {
         let expectation: Expectation = text.parse().unwrap();
-        assert_eq!(expectation, Expectation { operator, value }, "{text}");
+        assert_eq!(expectation, Expectation::Compare { operator, value }, "{text}");
     }
     assert!(">= many".parse::<Expectation>().is_err());
     assert!("".parse::<Expectation>().is_err());
     assert!(">= inf".parse::<Expectation>().is_err());
+}
+
+#[test]
+fn expectation_parses_ranges() {
+    let range: Expectation = "between 10 and 20".parse().unwrap();
+    assert_eq!(range, Expectation::Between { low: 10.0, high: 20.0 });
+    let upper: Expectation = "BETWEEN -1.5 AND 2".parse().unwrap();
+    assert_eq!(upper, Expectation::Between { low: -1.5, high: 2.0 });
+    let empty = "between 20 and 10".parse::<Expectation>().unwrap_err();
+    assert!(empty.to_string().contains("write the lower bound first"), "{empty}");
+    assert!("between 10".parse::<Expectation>().is_err());
+    assert!("between ten and 20".parse::<Expectation>().is_err());
+}
+
+#[test]
+fn expectation_parses_patterns() {
+    let pattern: Expectation = "matches ^v[0-9]+$".parse().unwrap();
+    assert_eq!(pattern.to_string(), "matches ^v[0-9]+$");
+    assert!(pattern.accepts_text("v15"));
+    assert!(!pattern.accepts_text("v15a"));
+    assert!(!pattern.is_numeric());
+    let invalid = "matches (".parse::<Expectation>().unwrap_err();
+    assert!(invalid.to_string().contains("regular expression is invalid"), "{invalid}");
+    // A keyword must be followed by a space, so `matchesx` is no pattern.
+    assert!("matchesx".parse::<Expectation>().is_err());
 }
 
 #[test]
@@ -374,6 +399,12 @@ fn expectation_accepts() {
     assert!(at_least_one.accepts(1.0));
     assert!(!at_least_one.accepts(0.0));
     assert_eq!(at_least_one.to_string(), ">= 1");
+    assert!(at_least_one.accepts_text(" 3 "));
+    assert!(!at_least_one.accepts_text("three"));
+    let range: Expectation = "between 10 and 20".parse().unwrap();
+    for (value, accepted) in [(9.9, false), (10.0, true), (15.0, true), (20.0, true), (20.1, false)] {
+        assert_eq!(range.accepts(value), accepted, "{value}");
+    }
 }
 
 #[test]

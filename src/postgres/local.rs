@@ -875,9 +875,19 @@ async fn wait_for_promotion(
     }
 }
 
+/// `FATAL` messages that the server sends to a client it turns away while it starts, such as
+/// the readiness checks of [`restore`]. They do not explain why the server exited.
+const CLIENT_REJECTIONS: &[&str] = &[
+    "the database system is starting up",
+    "the database system is not yet accepting connections",
+    "the database system is not accepting connections",
+    "the database system is shutting down",
+];
+
 /// Extracts PostgreSQL's reason for exiting from its log: the first `FATAL` or `PANIC`
-/// message, with the `DETAIL` and `HINT` lines after it. When recovery ran out of WAL, the
-/// time of the last replayed transaction is added, because it shows which target would work.
+/// message that is not a rejected client connection (`CLIENT_REJECTIONS`), with the
+/// `DETAIL` and `HINT` lines after it. When recovery ran out of WAL, the time of the last
+/// replayed transaction is added, because it shows which target would work.
 ///
 /// NOTE: this matches English severity words, so a server with a translated `lc_messages`
 /// yields `None` and the caller falls back to the last log lines.
@@ -889,6 +899,7 @@ pub fn failure_reason(log: &str) -> Option<String> {
     let lines: Vec<&str> = log.lines().collect();
     let (index, mut reason) = lines.iter().enumerate().find_map(|(index, line)| {
         message_after(line, "FATAL:")
+            .filter(|message| !CLIENT_REJECTIONS.iter().any(|rejection| message.starts_with(rejection)))
             .or_else(|| message_after(line, "PANIC:"))
             .map(|message| (index, message))
     })?;
@@ -931,6 +942,19 @@ mod tests {
         assert!(reason.starts_with("recovery ended before configured recovery target was reached"), "{reason}");
         assert!(reason.contains("2026-12-04 20:04:07.591696+00"), "{reason}");
         assert!(!reason.contains("does not exist"), "{reason}");
+    }
+
+    #[test]
+    fn failure_reason_skips_rejected_clients() {
+        let log = "\
+2026-12-05 06:32:32.100 UTC [9001] FATAL:  the database system is starting up
+2026-12-05 06:32:32.400 UTC [9002] FATAL:  the database system is not yet accepting connections
+2026-12-05 06:32:32.400 UTC [9002] DETAIL:  Consistent recovery state has not been yet reached.
+2026-12-05 06:32:33.000 UTC [8999] LOG:  invalid magic number 0000 in log segment 000000010000000000000008, offset 0
+2026-12-05 06:32:33.001 UTC [8999] FATAL:  recovery ended before configured recovery target was reached
+";
+        let reason = failure_reason(log).unwrap();
+        assert_eq!(reason, "recovery ended before configured recovery target was reached");
     }
 
     #[test]

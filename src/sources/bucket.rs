@@ -215,7 +215,7 @@ fn repository_prefix_in(repo: &Repository, bucket: &str, settings: &S3Settings) 
 
 /// True when `key` is one of the repository's own objects under `prefix`.
 fn is_repository_key(key: &str, prefix: &str) -> bool {
-    const TOP_LEVEL: [&str; 6] = ["data/", "index/", "snapshots/", "locks/", "damaged/", "catalogue/"];
+    const TOP_LEVEL: [&str; 7] = ["data/", "index/", "snapshots/", "locks/", "damaged/", "catalogue/", "reports/"];
     match key.strip_prefix(prefix) {
         Some(rest) => rest == "config" || TOP_LEVEL.iter().any(|t| rest.starts_with(t)),
         None => false,

@@ -186,9 +186,17 @@ impl PgServer {
     }
 
     /// Stops the server by its PID and waits for it (and its archiver) to exit.
+    ///
+    /// The server is this process's child, so it stays a zombie until it is reaped. Waiting
+    /// with `try_wait` detects the exit, but probing the PID with signal 0 would not.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            stop_postgres_pid(child.id());
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
             let _ = child.wait();
         }
     }

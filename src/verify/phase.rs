@@ -1,0 +1,381 @@
+//! The check phase of a verification run: restore each database, run the checks of every
+//! component, and tear the scratch resources down.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::Client;
+use tracing::{info, info_span, warn, Instrument};
+
+use super::scratch::{self, ScratchRun};
+use super::{database, objects, Archive, KeptInstance};
+use crate::policy::{Bucket, Database, Policy, Verification};
+use crate::postgres::config::Driver;
+use crate::postgres::local::{self, LocalError, RestoreRequest, RestoredInstance, Tools};
+use crate::postgres::target_time::TargetTime;
+use crate::report::{self, CheckReport, DatabaseReport, Outcome};
+use crate::repository::manifest::Manifest;
+use crate::repository::Repository;
+use crate::sources::checkpoint::CheckpointRecord;
+
+/// Inputs of the check phase.
+pub(super) struct Context<'a> {
+    pub(super) policy: &'a Policy,
+    pub(super) verification: &'a Verification,
+    pub(super) repo: &'a Arc<Repository>,
+    pub(super) run_dir: PathBuf,
+    pub(super) target: TargetTime,
+    pub(super) to_end_of_archive: bool,
+    pub(super) clock: Instant,
+    pub(super) deadline: Instant,
+    pub(super) archives: &'a HashMap<String, Archive>,
+    /// The bucket snapshot chosen for the target, by bucket name.
+    pub(super) bucket_snapshots: &'a HashMap<String, Manifest>,
+    /// The checkpoint chosen for the target, per job.
+    pub(super) checkpoints: &'a [CheckpointRecord],
+    pub(super) keep: bool,
+}
+
+/// Results of the check phase. They live outside the phase's future, so that a timeout or
+/// a signal that drops the future leaves it to the teardown.
+#[derive(Default)]
+pub(super) struct RunState {
+    pub(super) checks: Vec<CheckReport>,
+    pub(super) databases: Vec<DatabaseReport>,
+    pub(super) instances: Vec<(String, RestoredInstance)>,
+    pub(super) clients: HashMap<String, Arc<Client>>,
+    /// Objects restored per bucket name.
+    pub(super) sampled: HashMap<String, u64>,
+    pub(super) ready_seconds: Option<f64>,
+    /// With recovery to the end of the archive, the instant every database finished
+    /// recovery: the data can be as new as that, so it replaces the target time.
+    pub(super) latest_target: Option<DateTime<Utc>>,
+}
+
+impl RunState {
+    pub(super) fn record(&mut self, name: String, component: &str, started: Instant, outcome: Result<String, String>) {
+        let seconds = started.elapsed().as_secs_f64();
+        let (result, details) = match outcome {
+            Ok(details) => {
+                info!(check.name = %name, check.seconds = seconds, "check passed");
+                (Outcome::Pass, details)
+            }
+            Err(details) => {
+                warn!(check.name = %name, check.seconds = seconds, check.details = %details, "check failed");
+                (Outcome::Fail, details)
+            }
+        };
+        self.checks.push(CheckReport { name, result, seconds, details, component: Some(component.to_owned()) });
+    }
+}
+
+pub(super) fn database_component(name: &str) -> String {
+    format!("postgres:{name}")
+}
+
+pub(super) fn bucket_component(name: &str) -> String {
+    format!("bucket:{name}")
+}
+
+pub(super) fn checkpoint_component(job: &str) -> String {
+    format!("checkpoints:{job}")
+}
+
+/// Restores, checks every component, and leaves what it created in `state`.
+pub(super) async fn check_phase(context: &Context<'_>, state: &mut RunState) {
+    let databases = &context.policy.postgres;
+    for database in databases {
+        restore_database(context, database, state).await;
+    }
+    let all_ready = !databases.is_empty() && state.clients.len() == databases.len();
+    if all_ready {
+        state.ready_seconds = Some(context.clock.elapsed().as_secs_f64());
+    }
+    if context.to_end_of_archive {
+        state.latest_target = Some(Utc::now());
+    }
+    for database in databases {
+        check_database(context, &database.spec.name, state).await;
+    }
+    for bucket in &context.policy.buckets {
+        check_bucket(context, bucket, state).await;
+    }
+    for checkpoint in context.checkpoints {
+        check_checkpoint(context, checkpoint, state).await;
+    }
+}
+
+/// Restores one database into the run's scratch directory and connects to it.
+pub(super) async fn restore_database(context: &Context<'_>, database: &Database, state: &mut RunState) {
+    let name = &database.spec.name;
+    let component = database_component(name);
+    let check = format!("restore {name}");
+    let started = Instant::now();
+    let span = info_span!("verify.restore", pg.database = %name);
+    let outcome = async {
+        if database.spec.driver != Driver::Local {
+            // TODO: restore cnpg databases into a scratch Cluster in scratch_namespace.
+            return Err(format!(
+                "database {name} uses driver cnpg, which verify cannot restore yet; only driver local databases are verified"
+            ));
+        }
+        let archive = context.archives.get(name).expect("every local database's archive was read");
+        let remaining = context.deadline.saturating_duration_since(Instant::now());
+        let request = RestoreRequest {
+            target: context.target,
+            to_end_of_archive: context.to_end_of_archive,
+            into: context.run_dir.join(format!("pg-{}", scratch::file_name(name))),
+            port: None,
+            timeout: remaining,
+        };
+        let plan = local::plan_restore(&database.spec, &Tools::from_env(), &archive.store, &archive.catalogue, &request, Utc::now())
+            .map_err(|e| match e {
+                // The local driver's advice names --into, which verify does not have.
+                LocalError::SocketPathTooLong { path } => format!(
+                    "the Unix socket path under {} would be longer than PostgreSQL accepts (107 bytes); choose a shorter verification.scratch_dir",
+                    path.display()
+                ),
+                other => other.to_string(),
+            })?;
+        let mut report = DatabaseReport {
+            name: name.clone(),
+            driver: "local".into(),
+            backup_id: Some(plan.plan.backup.id.to_string()),
+            backup_end_time: Some(plan.plan.backup.end_time),
+            wal_first: Some(plan.plan.wal_first.to_string()),
+            wal_last: Some(plan.plan.wal_last.to_string()),
+            timeline: Some(plan.plan.timeline),
+            to_end_of_archive: plan.recover_to_end_of_archive,
+            ready_seconds: None,
+            newest_change: None,
+            port: Some(plan.port),
+            pid: None,
+        };
+        let restored = local::restore(&plan, &archive.store).await;
+        let instance = match restored {
+            Ok(instance) => instance,
+            Err(e) => {
+                state.databases.push(report);
+                let note = if context.keep { "" } else { " (teardown removes the log; run with --keep to inspect it)" };
+                return Err(format!("the restore did not become ready: {e}{note}"));
+            }
+        };
+        report.ready_seconds = Some(context.clock.elapsed().as_secs_f64());
+        report.pid = Some(instance.pid);
+        let password = match database.spec.connection.as_ref().and_then(|c| c.password_file.as_ref()) {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read the password file {}: {e}", path.display()))?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_owned(),
+            ),
+            None => None,
+        };
+        let connected =
+            database::connect(&instance.socket_dir, instance.port, &instance.user, &instance.dbname, password.as_deref()).await;
+        let details = format!(
+            "base backup {} restored and recovered to {} in {}; the instance listens on 127.0.0.1:{}",
+            plan.plan.backup.id,
+            if plan.recover_to_end_of_archive { "the end of the archive".to_owned() } else { context.target.to_string() },
+            report::duration_text(started.elapsed().as_secs_f64()),
+            instance.port
+        );
+        state.databases.push(report);
+        state.instances.push((name.clone(), instance));
+        state.clients.insert(name.clone(), Arc::new(connected?));
+        Ok(details)
+    }
+    .instrument(span)
+    .await;
+    state.record(check, &component, started, outcome);
+}
+
+/// Runs the checks of the policy on one restored database. Checks of a database that was not
+/// restored fail with that reason, so that the report lists every check of the policy.
+pub(super) async fn check_database(context: &Context<'_>, name: &str, state: &mut RunState) {
+    let verification = context.verification;
+    let component = database_component(name);
+    let target = state.latest_target.unwrap_or(context.target.as_datetime());
+    let client = state.clients.get(name).cloned();
+    let not_restored = || Err(format!("not run, because database {name} was not restored"));
+
+    let started = Instant::now();
+    let recovery = match &client {
+        Some(client) => {
+            let (outcome, recovery) = database::check_recovery(client).await;
+            if let Some(report) = state.databases.iter_mut().find(|d| d.name == name) {
+                report.newest_change = recovery.last_replayed;
+            }
+            outcome
+        }
+        None => not_restored(),
+    };
+    state.record(format!("recovery {name}"), &component, started, recovery);
+
+    if let Some(boundary) = verification.data_boundary.as_ref().filter(|b| b.database == name) {
+        let started = Instant::now();
+        let outcome = match &client {
+            Some(client) => database::check_data_boundary(client, boundary, target).await,
+            None => not_restored(),
+        };
+        state.record(format!("data boundary {name}"), &component, started, outcome);
+    }
+    if let Some(schema) = verification.schema.as_ref().filter(|s| s.database == name) {
+        let started = Instant::now();
+        let outcome = match &client {
+            Some(client) => database::check_schema(client, schema).await,
+            None => not_restored(),
+        };
+        state.record(format!("schema {name}"), &component, started, outcome);
+    }
+    for check in verification.checks.iter().filter(|c| c.database == name) {
+        let started = Instant::now();
+        let outcome = match &client {
+            Some(client) => database::check_assertion(client, check).await,
+            None => not_restored(),
+        };
+        state.record(format!("check {}", check.name), &component, started, outcome);
+    }
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for reference in verification.references.iter().filter(|r| r.database == name) {
+        let started = Instant::now();
+        let base = format!("references {name} to {}", reference.bucket);
+        let count = seen.entry(base.clone()).or_insert(0);
+        *count += 1;
+        let check = if *count > 1 { format!("{base} #{count}") } else { base };
+        let outcome = match (&client, context.bucket_snapshots.get(&reference.bucket)) {
+            (Some(client), Some(manifest)) => database::check_references(client, reference, manifest).await,
+            (Some(_), None) => Err(format!(
+                "bucket {} has no complete snapshot at or before the target {}, so the references cannot be checked",
+                reference.bucket, context.target
+            )),
+            (None, _) => not_restored(),
+        };
+        state.record(check, &bucket_component(&reference.bucket), started, outcome);
+    }
+}
+
+/// Restores a sample of the bucket snapshot chosen for the target and checks every object.
+pub(super) async fn check_bucket(context: &Context<'_>, bucket: &Bucket, state: &mut RunState) {
+    let started = Instant::now();
+    let component = bucket_component(&bucket.name);
+    let check = format!("bucket {}", bucket.name);
+    let Some(manifest) = context.bucket_snapshots.get(&bucket.name) else {
+        let outcome = Err(format!(
+            "no complete snapshot of {} at or before the target {}; take a snapshot with `visage-dr run --job bucket:{}`",
+            bucket.source_id, context.target, bucket.name
+        ));
+        state.record(check, &component, started, outcome);
+        return;
+    };
+    let entries = objects::choose_sample(manifest, context.verification.sample_objects as usize, &mut rand::thread_rng());
+    let dir = match context_subdir(context, &format!("objects/{}", scratch::file_name(&bucket.name))) {
+        Ok(dir) => dir,
+        Err(e) => {
+            state.record(check, &component, started, Err(e));
+            return;
+        }
+    };
+    let result = objects::restore_sample(context.repo, manifest, &entries, &dir).await;
+    state.sampled.insert(bucket.name.clone(), result.restored);
+    let outcome = if result.problems.is_empty() {
+        Ok(format!(
+            "{} of {} object(s) of snapshot {} restored into {} ({}); each size and SHA-256 matches the manifest",
+            result.restored,
+            manifest.entries.len(),
+            manifest.id,
+            dir.display(),
+            report::size_text(result.bytes)
+        ))
+    } else {
+        Err(format!(
+            "{} of {} restored object(s) do not match snapshot {}: {}; run `visage-dr check --read-data` to record the damage, so that the next snapshot stores the objects again",
+            result.problems.len(),
+            entries.len(),
+            manifest.id,
+            objects::list_problems(&result.problems)
+        ))
+    };
+    state.record(check, &component, started, outcome);
+}
+
+pub(super) fn context_subdir(context: &Context<'_>, name: &str) -> Result<PathBuf, String> {
+    let path = context.run_dir.join(name);
+    std::fs::create_dir_all(&path).map_err(|e| format!("cannot create the scratch directory {}: {e}", path.display()))?;
+    Ok(path)
+}
+
+/// Restores a job's checkpoint into a scratch file and checks its hash.
+pub(super) async fn check_checkpoint(context: &Context<'_>, checkpoint: &CheckpointRecord, state: &mut RunState) {
+    let started = Instant::now();
+    let component = checkpoint_component(&checkpoint.job);
+    let check = format!("checkpoint {}", checkpoint.job);
+    let outcome = async {
+        let dir = context_subdir(context, "checkpoints")?;
+        let manifest = context.repo.load_manifest(&checkpoint.snapshot).await.map_err(|e| e.to_string())?;
+        let entry = manifest
+            .entries
+            .iter()
+            .find(|e| e.key == checkpoint.step)
+            .ok_or_else(|| format!("snapshot {} has no entry for step {}", checkpoint.snapshot, checkpoint.step))?;
+        let cache = crate::repository::pack_cache::PackCache::new(context.repo.clone(), 4);
+        let path = dir.join(scratch::file_name(&checkpoint.job));
+        objects::restore_entry(&cache, &checkpoint.snapshot, entry, &path).await.map_err(|p| p.to_string())?;
+        Ok(format!(
+            "step {} of snapshot {} restored ({}); its SHA-256 {} matches",
+            checkpoint.step,
+            checkpoint.snapshot,
+            report::size_text(checkpoint.size),
+            checkpoint.sha256
+        ))
+    }
+    .await;
+    state.record(check, &component, started, outcome);
+}
+
+/// Stops the scratch instances and removes the run directory, unless `keep`. Returns the
+/// instances left running.
+pub(super) async fn teardown(state: &mut RunState, run_dir: &mut ScratchRun, keep: bool) -> Vec<KeptInstance> {
+    let started = Instant::now();
+    state.clients.clear();
+    if keep {
+        let kept: Vec<KeptInstance> = state
+            .instances
+            .drain(..)
+            .map(|(database, instance)| KeptInstance {
+                database,
+                socket_dir: instance.socket_dir.clone(),
+                port: instance.port,
+                user: instance.user.clone(),
+                dbname: instance.dbname.clone(),
+                stop_command: instance.stop_command.clone(),
+            })
+            .collect();
+        if let Err(e) = run_dir.keep(Utc::now()) {
+            warn!(error = %e, "could not extend the time-to-live of the kept scratch directory");
+        }
+        info!(scratch.path = %run_dir.path.display(), scratch.expires = %run_dir.marker.expires, "scratch resources kept");
+        return kept;
+    }
+    let mut problems = Vec::new();
+    for (database, instance) in state.instances.drain(..) {
+        if let Err(e) = instance.stop().await {
+            // The directory removal below signals the postmaster directly.
+            warn!(pg.database = %database, error = %e, "pg_ctl stop failed; stopping the instance by signal");
+        }
+    }
+    let path = run_dir.path.clone();
+    if let Err(e) = run_dir.remove().await {
+        problems.push(e.to_string());
+    }
+    let outcome = if problems.is_empty() {
+        Ok(format!("scratch instances stopped and {} removed", path.display()))
+    } else {
+        Err(format!("teardown incomplete: {}; a later run removes the directory after its time-to-live", problems.join("; ")))
+    };
+    state.record("teardown".into(), "run", started, outcome);
+    Vec::new()
+}
