@@ -68,6 +68,9 @@ pub struct JobReport {
     pub detail: Option<String>,
 }
 
+/// Name of the restore verification job.
+pub const VERIFICATION_JOB: &str = "verification";
+
 /// A job of the policy, in cycle order.
 #[derive(Debug, Clone)]
 enum JobKind {
@@ -98,7 +101,7 @@ fn planned_jobs(policy: &Policy) -> Vec<PlannedJob> {
         jobs.push(PlannedJob { name: "prune".into(), kind: JobKind::Prune, schedule: Some(p.schedule.clone()) });
     }
     if let Some(v) = &policy.verification {
-        jobs.push(PlannedJob { name: "verification".into(), kind: JobKind::Verification, schedule: Some(v.schedule.clone()) });
+        jobs.push(PlannedJob { name: VERIFICATION_JOB.into(), kind: JobKind::Verification, schedule: Some(v.schedule.clone()) });
     }
     jobs
 }

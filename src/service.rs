@@ -21,7 +21,9 @@ use crate::controller::{self, JobResult};
 use crate::policy::Policy;
 use crate::repository::{lock, RepoError, Repository};
 use crate::scheduler::{self, FirstStart, JobListError, RunReport, Scheduler, SystemClock};
-use crate::server::metrics::{Metrics, ReloadResult};
+use crate::report::{self, ReportError};
+use crate::server::metrics::{Metrics, ReloadResult, VerificationFigures};
+use crate::verify::{VerifyMetrics, METRICS_HISTORY};
 
 /// Settings of the controller.
 #[derive(Debug, Clone)]
@@ -52,19 +54,34 @@ pub struct Service {
     repo: Arc<Repository>,
 }
 
-/// Components whose restorable instant the verification reports, for a policy.
-pub fn components(policy: &Policy) -> Vec<&'static str> {
-    let mut out = Vec::new();
-    if !policy.postgres.is_empty() {
-        out.push("postgres");
+/// Components whose restorable instant the verification reports, for a
+/// policy: `postgres:<db>` and `bucket:<name>`. Checkpoint jobs appear once a
+/// report names them.
+pub fn components(policy: &Policy) -> Vec<String> {
+    let databases = policy.postgres.iter().map(|d| format!("postgres:{}", d.spec.name));
+    databases.chain(policy.buckets.iter().map(|b| format!("bucket:{}", b.name))).collect()
+}
+
+/// Reads the figures of the verification metrics from the repository's
+/// stored reports; `None` before the first verification.
+pub async fn verification_figures(repo: &Repository) -> Result<Option<VerificationFigures>, ReportError> {
+    let reports = report::load_recent(repo, METRICS_HISTORY).await?;
+    let Some(v) = VerifyMetrics::from_reports(&reports) else { return Ok(None) };
+    let newest = reports.iter().max_by_key(|r| (r.started, r.id.clone()));
+    Ok(Some(VerificationFigures {
+        passed: v.last_status_value() == 1,
+        rto_seconds: newest.and_then(|r| r.rto_seconds).unwrap_or(0.0),
+        restorable: v.restorable_timestamp_seconds().map(|(c, t)| (c.to_owned(), t)).collect(),
+    }))
+}
+
+/// Sets the verification series from the stored reports, logging a failure to read them.
+async fn refresh_verification(repo: &Repository, metrics: &Metrics) {
+    match verification_figures(repo).await {
+        Ok(Some(figures)) => metrics.set_verification(&figures),
+        Ok(None) => {}
+        Err(e) => warn!(error = %e, "cannot read the verification reports; their metrics keep their values"),
     }
-    if !policy.buckets.is_empty() {
-        out.push("buckets");
-    }
-    if policy.checkpoints.is_some() {
-        out.push("checkpoints");
-    }
-    out
 }
 
 /// Builds the scheduler's job list of `policy`, with each job's last
@@ -97,6 +114,7 @@ impl Service {
     /// Starts firing the jobs of `policy`, read from `settings.policy_path`.
     pub async fn start(policy: Policy, repo: Arc<Repository>, metrics: Arc<Metrics>, settings: ServiceSettings) -> Result<Service, ServiceError> {
         let jobs = jobs_for(&policy, &repo, &metrics, settings.starting_deadline).await?;
+        refresh_verification(&repo, &metrics).await;
         metrics.set_policy_loaded(true);
         let names: BTreeSet<String> = controller::job_names(&policy).into_iter().collect();
         let current = Arc::new(RwLock::new(Arc::new(policy)));
@@ -112,8 +130,11 @@ impl Service {
                 let repo = repo.clone();
                 let metrics = metrics.clone();
                 Box::pin(async move {
-                    let report = controller::run_scheduled(&policy, repo, &name, slot).await.map_err(|e| e.to_string())?;
+                    let report = controller::run_scheduled(&policy, repo.clone(), &name, slot).await.map_err(|e| e.to_string())?;
                     metrics.record_job(&report, unix(Utc::now()));
+                    if name == controller::VERIFICATION_JOB {
+                        refresh_verification(&repo, &metrics).await;
+                    }
                     match report.result {
                         JobResult::Failed => Err(report.detail.unwrap_or_else(|| "failed".into())),
                         JobResult::Succeeded | JobResult::Skipped => Ok(()),

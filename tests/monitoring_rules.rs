@@ -244,7 +244,7 @@ fn sampled_metrics(text: &str) -> BTreeMap<String, BTreeSet<String>> {
 fn metrics_list_matches_registry() {
     let metrics = Metrics::new();
     metrics.declare_job("bucket:uploads", 21_600.0, None);
-    metrics.declare_components(&["bucket:uploads"]);
+    metrics.declare_components(&["bucket:uploads".to_owned()]);
     metrics.set_last_push("llama-lora", 1_767_225_600.0);
     let sampled = sampled_metrics(&metrics.encode());
     let exported = exported_metrics();

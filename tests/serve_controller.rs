@@ -187,7 +187,7 @@ async fn serve_runs_jobs_and_exports_their_metrics_from_start_up() {
     assert_eq!(sample(&text, r#"visage_dr_job_last_success_timestamp_seconds{job_name="bucket:manual""#), Some(0.0), "{text}");
     assert_eq!(sample(&text, r#"visage_dr_job_runs_total{job_name="bucket:manual",result="failed""#), Some(0.0), "{text}");
     assert_eq!(sample(&text, r#"visage_dr_job_schedule_interval_seconds{job_name="bucket:fast""#), Some(60.0), "{text}");
-    assert_eq!(sample(&text, r#"visage_dr_last_verified_restorable_timestamp_seconds{component="buckets""#), Some(0.0), "{text}");
+    assert_eq!(sample(&text, r#"visage_dr_last_verified_restorable_timestamp_seconds{component="bucket:manual""#), Some(0.0), "{text}");
 
     // A job that never ran runs its latest slot at once.
     serve.wait_metric(r#"visage_dr_job_last_run_status{job_name="bucket:fast""#, 1.0);
@@ -319,48 +319,10 @@ async fn sigterm_abandons_a_job_past_the_grace_and_releases_its_locks() {
     assert_eq!(snapshot_count(&repo, &env), 1, "the run in flight completed its snapshot");
 }
 
-/// A Prometheus Pushgateway on a loopback port.
-struct Pushgateway {
-    child: Child,
-    base: String,
-}
-
-impl Pushgateway {
-    fn start() -> Option<Pushgateway> {
-        let bin = Path::new("/usr/bin/prometheus-pushgateway");
-        if !bin.exists() {
-            assert!(std::env::var_os("CI").is_none(), "{} is missing: scripts/install-deps installs it", bin.display());
-            eprintln!("note: {} is missing, so the Pushgateway test is skipped", bin.display());
-            return None;
-        }
-        let port = free_port();
-        let child = Command::new(bin)
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let gateway = Pushgateway { child, base: format!("http://127.0.0.1:{port}") };
-        let start = Instant::now();
-        while !reqwest::blocking_get_ok(&format!("{}/-/ready", gateway.base)) {
-            assert!(start.elapsed() < Duration::from_secs(20), "the Pushgateway did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Some(gateway)
-    }
-}
-
-impl Drop for Pushgateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn run_pushes_each_jobs_figures_to_a_pushgateway() {
     let Some(server) = garage() else { return };
-    let Some(gateway) = Pushgateway::start() else { return };
+    let Some(gateway) = common::pushgateway::Pushgateway::start() else { return };
     let dir = tempfile::tempdir().unwrap();
     let src = server.new_bucket("push-src").await;
     server.put(&src, "a.jpg", random_bytes(20_000, 3)).await;
@@ -378,7 +340,7 @@ async fn run_pushes_each_jobs_figures_to_a_pushgateway() {
 
     let out = visage_dr(&["run", "--policy", policy, "--all"], &env);
     assert_eq!(out.status.code(), Some(1), "one job fails: {}", text(&out).1);
-    let pushed = reqwest::blocking_get_text(&format!("{}/metrics", gateway.base)).unwrap();
+    let pushed = gateway.metrics();
     let ok = r#"visage_dr_job_last_run_status{instance="",job="visage-dr",job_name="bucket:ok""#;
     let gone = r#"visage_dr_job_last_run_status{instance="",job="visage-dr",job_name="bucket:gone""#;
     assert_eq!(sample(&pushed, ok), Some(1.0), "{pushed}");
@@ -397,7 +359,7 @@ async fn run_pushes_each_jobs_figures_to_a_pushgateway() {
     bad_env.push(("AWS_SECRET_ACCESS_KEY", "wrong-secret".into()));
     let out = visage_dr(&["run", "--policy", policy, "--job", "bucket:ok"], &bad_env);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out).1);
-    let pushed = reqwest::blocking_get_text(&format!("{}/metrics", gateway.base)).unwrap();
+    let pushed = gateway.metrics();
     assert_eq!(sample(&pushed, ok), Some(0.0), "{pushed}");
     assert_eq!(sample(&pushed, success), Some(first_success), "{pushed}");
 

@@ -715,8 +715,21 @@ async fn paused_recovery_fails(fixture: &Fixture) {
 /// Runs the policy's verification job through the controller, as the CronJob does.
 async fn run_job_verifies(fixture: &Fixture) {
     let case = fixture.case(&PolicyCase { name: "job", timeout: "5min", extra_checks: "", references_query: "SELECT storage_key FROM images" });
-    let run = visage(&["run", "--policy", &policy_arg(&case), "--job", "verification", "--json"]).await;
+    let gateway = common::pushgateway::Pushgateway::start();
+    let mut args = vec!["run".to_owned(), "--policy".into(), policy_arg(&case), "--job".into(), "verification".into(), "--json".into()];
+    if let Some(g) = &gateway {
+        args.extend(["--pushgateway".to_owned(), g.base.clone()]);
+    }
+    let run = visage(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
     assert_eq!(run.code, Some(0), "{}\n{}", run.stderr, run.stdout);
+    if let Some(g) = &gateway {
+        let pushed = g.metrics();
+        let line = |prefix: &str| pushed.lines().find(|l| l.starts_with(prefix)).map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap());
+        assert_eq!(line("visage_dr_verify_last_status{"), Some(1.0), "{pushed}");
+        let restorable = line(r#"visage_dr_last_verified_restorable_timestamp_seconds{component="postgres:app""#);
+        assert!(restorable.is_some_and(|t| t > 1.7e9), "{pushed}");
+        assert!(line("visage_dr_verify_last_rto_seconds{").is_some_and(|s| s > 0.0), "{pushed}");
+    }
     let jobs: Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(jobs[0]["job"], "verification", "{jobs}");
     assert_eq!(jobs[0]["result"], "succeeded", "{jobs}");

@@ -122,7 +122,12 @@ async fn push_reports(gateway: &str, policy: &crate::policy::Policy, repo: &Repo
             .and_then(|s| controller::schedule_interval(s, Utc::now()))
             .map_or(0.0, |d| d.as_secs_f64());
         let last = controller::last_success(repo, &report.job).await?.map(|r| r.finished.timestamp_millis() as f64 / 1000.0);
-        metrics::push_job(gateway, report, interval, last).await.map_err(|e| CliError::failed(e.to_string()))?;
+        let verification = if report.job == controller::VERIFICATION_JOB {
+            crate::service::verification_figures(repo).await.map_err(|e| CliError::failed(e.to_string()))?
+        } else {
+            None
+        };
+        metrics::push_job(gateway, report, interval, last, verification.as_ref()).await.map_err(|e| CliError::failed(e.to_string()))?;
     }
     Ok(())
 }

@@ -183,6 +183,54 @@ impl ReloadResult {
     }
 }
 
+/// The figures of the last restore verifications, read from stored reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerificationFigures {
+    pub passed: bool,
+    /// Recovery time of the newest run; 0 when it has none.
+    pub rto_seconds: f64,
+    /// Per component, the Unix time of the newest instant a passing run verified.
+    pub restorable: Vec<(String, f64)>,
+}
+
+/// The verification gauges, in a registry of their own or of [`Metrics`].
+#[derive(Clone, Default)]
+struct VerificationGauges {
+    restorable: Family<ComponentLabel, FloatGauge>,
+    status: Gauge,
+    rto: FloatGauge,
+}
+
+impl VerificationGauges {
+    fn register(registry: &mut Registry) -> VerificationGauges {
+        let g = VerificationGauges::default();
+        registry.register(
+            "visage_dr_last_verified_restorable_timestamp_seconds",
+            "Newest instant that a verification run restored and checked, per component (postgres:<db>, bucket:<name>, checkpoints:<job>)",
+            g.restorable.clone(),
+        );
+        registry.register(
+            "visage_dr_verify_last_status",
+            "1 when the last restore verification passed, 0 when it failed or none has run",
+            g.status.clone(),
+        );
+        registry.register(
+            "visage_dr_verify_last_rto_seconds",
+            "Seconds from the start of the last restore verification until its restore was ready",
+            g.rto.clone(),
+        );
+        g
+    }
+
+    fn set(&self, figures: &VerificationFigures) {
+        self.status.set(i64::from(figures.passed));
+        self.rto.set(figures.rto_seconds);
+        for (component, unix) in &figures.restorable {
+            self.restorable.get_or_create(&ComponentLabel { component: component.clone() }).set(*unix);
+        }
+    }
+}
+
 /// The registry and the metrics that the handlers and the scheduler update.
 pub struct Metrics {
     registry: Registry,
@@ -191,9 +239,7 @@ pub struct Metrics {
     last_push: Family<CheckpointJobLabel, FloatGauge>,
     pub jobs: JobGauges,
     runs: Family<JobResultLabels, Counter>,
-    restorable: Family<ComponentLabel, FloatGauge>,
-    verify_status: Gauge,
-    verify_rto: FloatGauge,
+    verification: VerificationGauges,
     policy_loaded: Gauge,
     reloads: Family<ResultLabel, Counter>,
 }
@@ -232,24 +278,7 @@ impl Metrics {
         let jobs = JobGauges::register(&mut registry);
         let runs = Family::<JobResultLabels, Counter>::default();
         registry.register("visage_dr_job_runs", "Finished runs of each policy job by result", runs.clone());
-        let restorable = Family::<ComponentLabel, FloatGauge>::default();
-        registry.register(
-            "visage_dr_last_verified_restorable_timestamp_seconds",
-            "Newest instant that a verification run restored and checked, per component (postgres, buckets, checkpoints)",
-            restorable.clone(),
-        );
-        let verify_status = Gauge::default();
-        registry.register(
-            "visage_dr_verify_last_status",
-            "1 when the last restore verification passed, 0 when it failed or none has run",
-            verify_status.clone(),
-        );
-        let verify_rto = FloatGauge::default();
-        registry.register(
-            "visage_dr_verify_last_rto_seconds",
-            "Seconds from the start of the last restore verification until all its checks were done",
-            verify_rto.clone(),
-        );
+        let verification = VerificationGauges::register(&mut registry);
         let policy_loaded = Gauge::default();
         registry.register(
             "visage_dr_policy_loaded",
@@ -272,9 +301,7 @@ impl Metrics {
             last_push,
             jobs,
             runs,
-            restorable,
-            verify_status,
-            verify_rto,
+            verification,
             policy_loaded,
             reloads,
         }
@@ -320,21 +347,15 @@ impl Metrics {
         self.runs.get_or_create(&JobResultLabels { job_name: report.job.clone(), result: report.result.to_string() }).inc();
     }
 
-    /// Sets the outcome of the last restore verification: whether it
-    /// passed, its recovery time, and per component the newest instant it
-    /// proved restorable.
-    pub fn set_verification(&self, passed: bool, rto_seconds: f64, restorable: &[(String, f64)]) {
-        self.verify_status.set(i64::from(passed));
-        self.verify_rto.set(rto_seconds);
-        for (component, unix) in restorable {
-            self.restorable.get_or_create(&ComponentLabel { component: component.clone() }).set(*unix);
-        }
+    /// Sets the verification series from the figures of the stored reports.
+    pub fn set_verification(&self, figures: &VerificationFigures) {
+        self.verification.set(figures);
     }
 
     /// Declares the per-component verification series with value 0.
-    pub fn declare_components(&self, components: &[&str]) {
+    pub fn declare_components(&self, components: &[String]) {
         for c in components {
-            let _ = self.restorable.get_or_create(&ComponentLabel { component: (*c).to_owned() });
+            let _ = self.verification.restorable.get_or_create(&ComponentLabel { component: c.clone() });
         }
     }
 
@@ -378,12 +399,19 @@ pub enum PushgatewayError {
     Push { url: String, job: String, reason: String },
 }
 
-/// Pushes the gauges of one policy job's run to a Pushgateway, replacing the
+/// Pushes the gauges of one policy job's run, and for the verification job
+/// the verification figures too, to a Pushgateway, replacing the
 /// group `{job="visage-dr", job_name=JOB}`, so that each policy job keeps
 /// its own figures between the short-lived runs of a CronJob.
 /// `last_success_unix` is the job's last success before this run, kept when
 /// this run failed.
-pub async fn push_job(gateway: &str, report: &JobReport, interval_seconds: f64, last_success_unix: Option<f64>) -> Result<(), PushgatewayError> {
+pub async fn push_job(
+    gateway: &str,
+    report: &JobReport,
+    interval_seconds: f64,
+    last_success_unix: Option<f64>,
+    verification: Option<&VerificationFigures>,
+) -> Result<(), PushgatewayError> {
     use base64::Engine;
     let base = url::Url::parse(gateway).map_err(|e| PushgatewayError::Url { url: gateway.to_owned(), reason: e.to_string() })?;
     if !matches!(base.scheme(), "http" | "https") {
@@ -395,6 +423,9 @@ pub async fn push_job(gateway: &str, report: &JobReport, interval_seconds: f64, 
     // A successful run's own record is the last success.
     let finished = last_success_unix.unwrap_or_else(|| chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
     gauges.record(report, finished);
+    if let Some(figures) = verification {
+        VerificationGauges::register(&mut registry).set(figures);
+    }
     // Label values go base64url-encoded, since a job name holds `:`.
     let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(report.job.as_bytes());
     let url = format!("{}/metrics/job/visage-dr/job_name@base64/{encoded}", gateway.trim_end_matches('/'));

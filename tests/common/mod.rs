@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod pg;
+pub mod pushgateway;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
