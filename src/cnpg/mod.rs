@@ -66,6 +66,9 @@ pub fn status_code(error: &kube::Error) -> Option<u16> {
 /// Builds a client from `kubeconfig` when given, else from `KUBECONFIG`, `~/.kube/config` or
 /// the pod's service account, in kube's usual order.
 pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, CnpgError> {
+    // Both rustls providers are compiled in through other crates, so rustls cannot pick one
+    // by itself. An error only means a provider is installed already.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let config = match kubeconfig {
         Some(path) => {
             let file = Kubeconfig::read_from(path)
