@@ -27,10 +27,10 @@ pub const CNPG_GROUP: &str = "postgresql.cnpg.io";
 pub const BARMAN_CLOUD_GROUP: &str = "barmancloud.cnpg.io";
 
 /// The calls of the `cnpg` driver. Backups: create one per slot, get it after a 409 on a
-/// rerun, list and watch while waiting, delete stale and expired ones. Clusters: server-side
-/// apply (`patch`) of a recovery cluster after a `get` checks that the name is free, list and
-/// watch while waiting, and `get` of the source's `retentionPolicy`; the same `get` for a
-/// plugin ObjectStore. Pods: `get` of the pod a backup runs on, `list` of the recovery Job's
+/// rerun, list and watch while waiting, delete stale and expired ones. Clusters: `get` to
+/// check that a recovery cluster's name is free, server-side apply (`patch`), list and watch
+/// while waiting. The source Cluster's `retentionPolicy` is read with `get`, and so is a
+/// plugin ObjectStore's. Pods: `get` of the pod a backup runs on, `list` of the recovery Job's
 /// pods and their log. Jobs: `get` of the recovery Job. Secrets: `get` of a restored
 /// cluster's `<name>-superuser` Secret.
 pub const API_CALLS: &[ApiCall] = &[

@@ -2,11 +2,12 @@
 //! does the real work: real PostgreSQL 15, real barman-cloud and Garage.
 //!
 //! One source server, one bucket and one API server are shared by every step, because a
-//! PostgreSQL start and a base backup cost seconds each. The steps run in order in one test:
-//! a failed backup, a backup whose watch drops and returns 410, the A/B/C data-boundary
-//! restore, a restore that cannot reach its target, a pod restart mid-backup followed by a
-//! scheduled run that clears the stale Backup and applies retention, a sustained
-//! walArchivingFailing, a skipped slot, and a dry run that contacts no API.
+//! PostgreSQL start and a base backup cost seconds each. The steps run in order in one test
+//! and print their names, so a failure or a hang names its step. They cover a failed backup,
+//! a backup whose watch drops and returns 410, a dry run that contacts no API, and the A/B/C
+//! data-boundary restore. Then come a restore that cannot reach its target and a pod restart
+//! mid-backup, after which a scheduled run clears the stale Backup and applies retention.
+//! The last steps are a sustained walArchivingFailing and a skipped slot.
 
 mod common;
 #[path = "common/fake_kube/mod.rs"]
@@ -27,28 +28,33 @@ use visage_dr::repository::{RepoOptions, RepoUrl, Repository};
 
 const NAMESPACE: &str = "db";
 const CLUSTER: &str = "pg-main";
+const PLUGIN_CLUSTER: &str = "pg-plugin";
 const BACKUPS: &str = "postgresql.cnpg.io/backups";
 const CLUSTERS: &str = "postgresql.cnpg.io/clusters";
 
-/// Writes a policy with one cnpg database `app` for the Cluster `pg-main`.
+/// Writes a policy with the cnpg databases `app` for the Cluster `pg-main`, and
+/// `app-plugin` for the Cluster `pg-plugin` with the barman-cloud plugin.
 fn write_policy(dir: &Path, s3: &S3Server, bucket: &str) -> PathBuf {
     let key_file = dir.join("access-key");
     let secret_file = dir.join("secret-key");
     std::fs::write(&key_file, &s3.access_key).unwrap();
     std::fs::write(&secret_file, &s3.secret_key).unwrap();
+    let (key, secret) = (key_file.display(), secret_file.display());
+    let (endpoint, region) = (&s3.endpoint, &s3.region);
     let policy = format!(
         "repository:\n  url: file://{dir}/repo\n\
          postgres:\n\
          - name: app\n  driver: cnpg\n  cluster: {CLUSTER}\n  namespace: {NAMESPACE}\n  schedule: \"0 2 * * *\"\n\
          \x20 retention: {{ keep_last: 1 }}\n\
          \x20 object_store:\n    destination_path: s3://{bucket}/pg\n    server_name: main\n\
-         \x20   endpoint: {}\n    region: {}\n    credentials_secret: pg-creds\n\
-         \x20   access_key_id_file: {}\n    secret_access_key_file: {}\n\
+         \x20   endpoint: {endpoint}\n    region: {region}\n    credentials_secret: pg-creds\n\
+         \x20   access_key_id_file: {key}\n    secret_access_key_file: {secret}\n\
+         - name: app-plugin\n  driver: cnpg\n  cluster: {PLUGIN_CLUSTER}\n  namespace: {NAMESPACE}\n  method: plugin\n\
+         \x20 retention: {{ recovery_window: 30d }}\n\
+         \x20 object_store:\n    destination_path: s3://{bucket}/pg\n    server_name: main\n\
+         \x20   endpoint: {endpoint}\n    region: {region}\n    barman_object_name: pg-store\n\
+         \x20   access_key_id_file: {key}\n    secret_access_key_file: {secret}\n\
          verification:\n  schedule: \"0 3 * * *\"\n  scratch_namespace: scratch\n  timeout: 30min\n  sample_objects: 1\n",
-        s3.endpoint,
-        s3.region,
-        key_file.display(),
-        secret_file.display(),
         dir = dir.display(),
     );
     let path = dir.join("policy.yaml");
@@ -56,7 +62,7 @@ fn write_policy(dir: &Path, s3: &S3Server, bucket: &str) -> PathBuf {
     path
 }
 
-/// The local-driver spec the simulated operator backs the source server up with.
+/// Returns the local-driver spec with which the simulated operator backs up the source server.
 fn source_spec(s3: &S3Server, bucket: &str, dir: &Path, port: u16) -> DatabaseSpec {
     DatabaseSpec {
         name: CLUSTER.into(),
@@ -158,8 +164,10 @@ async fn cnpg_backup_and_restore() {
     if !pg::tools_present() {
         return;
     }
+    step("start PostgreSQL and the API server");
     let bucket = s3.new_bucket("cnpg").await;
     let source = PgServer::start(&s3, &bucket, "main").await;
+    step("PostgreSQL started");
     let work = pg::postgres_dir(&OsUser::lookup("postgres").unwrap());
     let policy = write_policy(work.path(), &s3, &bucket);
     let kube = FakeKube::start(work.path(), NAMESPACE).await;
@@ -174,7 +182,10 @@ async fn cnpg_backup_and_restore() {
     std::fs::create_dir(&operator_dir).unwrap();
     let operator = Operator::start(
         kube.store.clone(),
-        vec![SourceCluster { name: CLUSTER.into(), namespace: NAMESPACE.into(), spec: source_spec(&s3, &bucket, work.path(), source.port) }],
+        [CLUSTER, PLUGIN_CLUSTER]
+            .into_iter()
+            .map(|name| SourceCluster { name: name.into(), namespace: NAMESPACE.into(), spec: source_spec(&s3, &bucket, work.path(), source.port) })
+            .collect(),
         &operator_dir,
     );
     let _stop_restored = StopRestored(operator.clone());
@@ -323,6 +334,21 @@ async fn cnpg_backup_and_restore() {
     delete_non_terminal(&kube);
 
     // An earlier Backup that is still running on a live pod: the slot is skipped.
+    step("plugin backup");
+    kube.store.put("barmancloud.cnpg.io/objectstores", json!({
+        "metadata": {"name": "pg-store", "namespace": NAMESPACE},
+        "spec": {"retentionPolicy": "14d", "configuration": {"destinationPath": format!("s3://{bucket}/pg")}},
+    }));
+    next_second().await;
+    let (code, stdout, stderr) = env.run(&["backup", "postgres", "--policy", &env.policy, "--name", "app-plugin", "--json"]);
+    assert_eq!(code, 0, "{stderr}\n{stdout}");
+    let record: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(record["method"], "plugin", "{stdout}");
+    assert_eq!(record["status"], "complete", "{stdout}");
+    let plugin_backup = kube.store.get(BACKUPS, NAMESPACE, record["backup_name"].as_str().unwrap()).unwrap();
+    assert_eq!(plugin_backup["spec"]["pluginConfiguration"]["name"], "barman-cloud.cloudnative-pg.io");
+    assert!(stderr.contains("longer than the object store's retentionPolicy \"14d\""), "{stderr}");
+
     step("skipped slot");
     let pod = kube.store.get("/pods", NAMESPACE, &format!("{CLUSTER}-1")).unwrap();
     let container = pod["status"]["containerStatuses"][0]["containerID"].clone();
@@ -337,6 +363,20 @@ async fn cnpg_backup_and_restore() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("skipped: previous backup pg-main-manual still running"), "{stdout}");
     assert_eq!(backups(&kube).len(), count, "{:?}", backup_names(&kube));
+
+    // Every request visage-dr sent is a call that the list of Kubernetes API calls grants.
+    let granted: Vec<(String, String, String)> = visage_dr::kube_api::API_CALLS
+        .iter()
+        .map(|c| (c.group.to_string(), c.resource.to_string(), c.verb.to_string()))
+        .collect();
+    let served = kube.store.requests();
+    for call in served.keys() {
+        assert!(granted.contains(call), "visage-dr made the call {call:?}, which is missing from kube_api::API_CALLS");
+    }
+    let unused: Vec<_> = granted.iter().filter(|c| !served.contains_key(*c)).collect();
+    eprintln!("listed calls these steps did not make: {unused:?}");
+    let expected_unused = [("postgresql.cnpg.io".to_string(), "backups".to_string(), "get".to_string())];
+    assert!(unused.iter().all(|c| expected_unused.contains(c)), "{unused:?}");
 
     operator.shutdown().await;
 }

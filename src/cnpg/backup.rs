@@ -38,7 +38,7 @@ use crate::retention::{Candidate, RetentionRules};
 pub const DEFAULT_WAL_FAILING_GRACE: Duration = Duration::from_secs(15 * 60);
 
 /// Default hard deadline of one backup. A `running` Backup can outlive its pod (CNPG does not
-/// always notice), so the wait ends here whatever the phase says.
+/// always notice), so the wait ends here whatever the phase is.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(6 * 3600);
 
 /// Interval of the checks that need no watch event: the pod, the grace period, the deadline.
@@ -63,7 +63,7 @@ impl Default for BackupOptions {
     }
 }
 
-/// What a backup run did.
+/// The outcome of one backup run.
 #[derive(Debug)]
 pub enum BackupOutcome {
     /// The Backup completed; its record is stored.
@@ -153,7 +153,7 @@ pub fn backup_manifest(target: &Target, slot: DateTime<Utc>) -> Backup {
     }
 }
 
-/// Whether a phase ends a Backup for good.
+/// Returns whether a phase ends a Backup for good.
 fn is_terminal(phase: &str) -> bool {
     phase == PHASE_COMPLETED || phase == PHASE_FAILED
 }

@@ -43,7 +43,7 @@ pub enum CnpgError {
     ClusterExists { namespace: String, name: String },
     #[error("Cluster {namespace}/{name} did not become ready: {reason}")]
     RestoreFailed { namespace: String, name: String, reason: String },
-    #[error("Cluster {namespace}/{name} is not ready after {seconds}s (phase {phase:?}); raise --timeout or inspect the cluster")]
+    #[error("Cluster {namespace}/{name} is not ready after {seconds}s (phase {phase:?}); raise --recovery-timeout or inspect the Cluster")]
     RestoreTimedOut { namespace: String, name: String, seconds: u64, phase: String },
 }
 

@@ -14,7 +14,7 @@ pub const PHASE_COMPLETED: &str = "completed";
 pub const PHASE_FAILED: &str = "failed";
 pub const PHASE_WAL_ARCHIVING_FAILING: &str = "walArchivingFailing";
 
-/// What one observation means for the caller.
+/// The meaning of one observation for the caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
     /// Keep waiting.
@@ -100,13 +100,13 @@ impl PhaseTracker {
     }
 
     fn check_grace(&mut self, since: DateTime<Utc>, now: DateTime<Utc>) -> Step {
-        let held = (now - since).to_std().unwrap_or_default();
-        if held > self.grace {
+        let failing_for = (now - since).to_std().unwrap_or_default();
+        if failing_for > self.grace {
             self.failed = true;
             Step::Failed(format!(
                 "WAL archiving has been failing for {}s, longer than the grace period of {}s; \
                  CNPG never retries such a backup, so check the cluster's ContinuousArchiving condition",
-                held.as_secs(),
+                failing_for.as_secs(),
                 self.grace.as_secs()
             ))
         } else {

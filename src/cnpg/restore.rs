@@ -48,7 +48,7 @@ pub const MAX_CLUSTER_NAME: usize = 50;
 /// Interval of the recovery Job check while waiting for readiness.
 const CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
-/// What to create.
+/// The recovery Cluster to create.
 #[derive(Debug, Clone)]
 pub struct RestoreSettings {
     /// Name of the new Cluster.

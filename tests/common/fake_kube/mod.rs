@@ -1,8 +1,8 @@
 //! A fake Kubernetes API server for the cnpg driver tests.
 //!
-//! It serves the generic resource API on 127.0.0.1 over plain HTTP, so the real `kube` client
-//! reaches it through a generated kubeconfig: create, get, list with label and field
-//! selectors, watch streams from a resourceVersion, server-side apply and JSON merge patch,
+//! It serves the generic resource API on 127.0.0.1 over plain HTTP, and the real `kube` client
+//! reaches it through a generated kubeconfig. It implements create, get, list with label and
+//! field selectors, watch streams from a resourceVersion, server-side apply, JSON merge patch,
 //! delete, and pod logs. It returns 404, 409 and 410 where a real API server does. Backups
 //! and Clusters are validated against CNPG's CRD schemas with unknown fields rejected, when
 //! `CNPG_CRD_DIR` is set (it must be under CI). The simulated operator in [`operator`]
@@ -26,8 +26,8 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
-/// Longest time one watch request stays open; kube's watcher asks for 290 s and then
-/// watches again, so a short cap only adds reconnects.
+/// Longest time one watch request stays open. kube's watcher requests 290 s and then
+/// watches again, so a shorter cap only adds reconnects.
 const MAX_WATCH: Duration = Duration::from_secs(30);
 
 /// One stored change, replayed to watchers.
@@ -60,9 +60,9 @@ pub struct Store {
     state: Mutex<State>,
     changed: tokio::sync::watch::Sender<u64>,
     schemas: Option<schema::CrdSchemas>,
-    /// Requests served, by `<METHOD> <resource>`.
-    requests: Mutex<BTreeMap<String, u64>>,
-    /// Watch requests answered with 410 Gone.
+    /// Requests served, by (group, resource, verb).
+    requests: Mutex<BTreeMap<(String, String, String), u64>>,
+    /// Number of watch requests that got 410 Gone.
     pub gone_served: AtomicU64,
     uid: AtomicU64,
 }
@@ -168,7 +168,7 @@ fn query_params(uri: &Uri) -> HashMap<String, String> {
         .unwrap_or_default()
 }
 
-/// Whether `object` matches a label selector of `k=v`, `k!=v` and `k` terms, and a field
+/// Returns whether `object` matches a label selector of `k=v`, `k!=v` and `k` terms, and a field
 /// selector of `metadata.name=` and `metadata.namespace=` terms.
 fn selected(object: &Value, labels: Option<&String>, fields: Option<&String>) -> bool {
     let meta = &object["metadata"];
@@ -208,8 +208,24 @@ pub fn merge(target: &mut Value, patch: &Value) {
 }
 
 impl Store {
-    fn count(&self, method: &Method, resource: &str) {
-        *self.requests.lock().unwrap().entry(format!("{method} {resource}")).or_default() += 1;
+    /// Counts a request under its RBAC verb, group and resource (`pods/log` for a log).
+    fn count(&self, method: &Method, target: &Target, params: &HashMap<String, String>) {
+        let watch = params.get("watch").is_some_and(|w| w == "true" || w == "1");
+        let verb = match (method, &target.name) {
+            (&Method::GET, Some(_)) => "get",
+            (&Method::GET, None) if watch => "watch",
+            (&Method::GET, None) => "list",
+            (&Method::POST, _) => "create",
+            (&Method::PATCH, _) => "patch",
+            (&Method::DELETE, _) => "delete",
+            _ => "other",
+        };
+        let (group, plural) = target.resource.split_once('/').unwrap_or(("", &target.resource));
+        let resource = match &target.subresource {
+            Some(sub) => format!("{plural}/{sub}"),
+            None => plural.to_string(),
+        };
+        *self.requests.lock().unwrap().entry((group.to_string(), resource, verb.to_string())).or_default() += 1;
     }
 
     /// Total number of API requests served so far.
@@ -217,8 +233,8 @@ impl Store {
         self.requests.lock().unwrap().values().sum()
     }
 
-    /// Requests served so far, by `<METHOD> <resource>`.
-    pub fn requests(&self) -> BTreeMap<String, u64> {
+    /// Requests served so far, by (group, resource, verb).
+    pub fn requests(&self) -> BTreeMap<(String, String, String), u64> {
         self.requests.lock().unwrap().clone()
     }
 
@@ -248,7 +264,7 @@ impl Store {
             .collect()
     }
 
-    /// A receiver that changes whenever an object changes.
+    /// Returns a receiver that changes whenever an object changes.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changed.subscribe()
     }
@@ -317,12 +333,12 @@ impl Store {
         let Some(target) = parse_path(uri.path()) else {
             return status(404, "NotFound", format!("the server could not find the requested resource {}", uri.path()));
         };
-        self.count(&method, &format!("{}{}", target.resource, target.subresource.as_ref().map(|s| format!("/{s}")).unwrap_or_default()));
+        let params = query_params(&uri);
+        self.count(&method, &target, &params);
         let (kind, _) = kind_of(&target.resource);
         if kind.is_empty() {
             return status(404, "NotFound", format!("the server does not serve {}", target.resource));
         }
-        let params = query_params(&uri);
         match (method, &target.name, target.subresource.as_deref()) {
             (Method::GET, Some(name), Some("log")) => self.pod_log(&target.namespace, name, &params),
             (Method::GET, Some(name), None) => match self.get(&target.resource, &target.namespace, name) {

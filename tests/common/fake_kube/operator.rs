@@ -2,10 +2,11 @@
 //!
 //! For a new Backup of a known cluster it runs a real barman-cloud base backup of the test
 //! PostgreSQL server and writes the status fields CNPG writes (phase, backupId, WAL, LSN,
-//! times, instanceID, location). For a Cluster with `bootstrap.recovery` it runs a real
-//! point-in-time restore from the archive named by its `externalClusters` entry, starts the
-//! instance on a loopback port, publishes the `<name>-superuser` Secret and sets the ready
-//! status, with the recovery Job and its pod on the way. Faults are scripted per test step.
+//! times, instanceID, location). For a Cluster with `bootstrap.recovery` it creates the
+//! recovery Job and its pod, and runs a real point-in-time restore from the archive named by
+//! its `externalClusters` entry. The restored instance listens on a loopback port, which the
+//! `<name>-superuser` Secret publishes, and the Cluster gets the ready status. Faults are
+//! scripted per test step.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
