@@ -254,7 +254,8 @@ async fn cnpg_backup_and_restore() {
     assert_eq!(manifest["kind"], "Cluster", "{stdout}");
     assert_eq!(manifest["spec"]["bootstrap"]["recovery"]["recoveryTarget"]["backupID"], backup_id.as_str(), "{stdout}");
     let target_time = manifest["spec"]["bootstrap"]["recovery"]["recoveryTarget"]["targetTime"].as_str().unwrap().to_owned();
-    assert!(target_time.ends_with("+00:00") && target_time.as_bytes()[10] == b' ', "{target_time}");
+    assert!(target_time.ends_with("+00:00"), "{target_time}");
+    assert_eq!(target_time.as_bytes()[10], b' ', "{target_time}");
     if let Some(schemas) = fake_kube::schema::CrdSchemas::from_env() {
         let errors = schemas.validate_cluster(&manifest);
         assert!(errors.is_empty(), "{errors:?}");

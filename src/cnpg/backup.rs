@@ -70,7 +70,7 @@ pub enum BackupOutcome {
     Completed { record: CnpgBackupRecord, warnings: Vec<String> },
     /// An earlier Backup of the cluster is still running; nothing was created.
     Skipped { reason: String },
-    /// The Backup failed, or could not be created; its record is stored when there is one.
+    /// The Backup failed, or an API request failed; the failed record is stored.
     Failed { record: Option<CnpgBackupRecord>, error: String },
 }
 
@@ -159,6 +159,9 @@ fn is_terminal(phase: &str) -> bool {
 }
 
 /// Takes one backup of `spec` for `slot`, records it in `repo` and applies Backup retention.
+///
+/// Returns an error only for a database whose cnpg settings are incomplete. A failed API
+/// request is a failed outcome with a stored record, like a failed Backup.
 pub async fn run(
     client: kube::Client,
     spec: &DatabaseSpec,
@@ -171,7 +174,18 @@ pub async fn run(
     let span = info_span!("cnpg.backup", pg.database = %spec.name, pg.cluster = %target.cluster, k8s.namespace = %target.namespace, cnpg.backup = %name);
     async {
         let run = Run { client, spec, target: &target, repo, options, name: name.clone() };
-        run.execute(slot).await
+        let started = Utc::now();
+        match run.execute(slot, started).await {
+            Ok(outcome) => Ok(outcome),
+            // An API error before or during the wait still leaves a failed record.
+            Err(error) => {
+                let error = error.to_string();
+                warn!(error = %error, "backup failed");
+                let record = run.record(&backup_manifest(&target, slot), started, RunStatus::Failed, Some(error.clone()));
+                run.store(&record).await;
+                Ok(BackupOutcome::Failed { record: Some(record), error })
+            }
+        }
     }
     .instrument(span)
     .await
@@ -191,8 +205,7 @@ impl Run<'_> {
         Api::namespaced(self.client.clone(), &self.target.namespace)
     }
 
-    async fn execute(&self, slot: DateTime<Utc>) -> Result<BackupOutcome, CnpgError> {
-        let started = Utc::now();
+    async fn execute(&self, slot: DateTime<Utc>, started: DateTime<Utc>) -> Result<BackupOutcome, CnpgError> {
         let existing = self.cluster_backups().await?;
 
         // An earlier, unfinished Backup blocks CNPG's queue: skip, or clear it when stale.
@@ -551,7 +564,8 @@ pub fn parse_retention_policy(text: &str) -> Option<Duration> {
     Some(Duration::from_secs(days * 86_400))
 }
 
-/// The warning for a recovery window longer than the object store's `retentionPolicy`.
+/// Returns the warning for a recovery window longer than the object store's `retentionPolicy`,
+/// or `None` when the window fits. A `retentionPolicy` that does not parse gets a warning too.
 pub fn retention_warning(policy: &str, window: Duration) -> Option<String> {
     let Some(kept) = parse_retention_policy(policy) else {
         return Some(format!("the object store's retentionPolicy {policy:?} is not of the form 30d, 4w or 12m"));

@@ -26,7 +26,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
-/// Longest time one watch request stays open. kube's watcher requests 290 s and then
+/// Maximum time one watch request stays open. kube's watcher requests 290 s and then
 /// watches again, so a shorter cap only adds reconnects.
 const MAX_WATCH: Duration = Duration::from_secs(30);
 
@@ -275,6 +275,7 @@ impl Store {
         let (kind, api_version) = kind_of(resource);
         let namespace = object["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
         let name = object["metadata"]["name"].as_str().expect("object has a name").to_string();
+
         let mut state = self.state.lock().unwrap();
         state.rv += 1;
         let rv = state.rv;
@@ -299,6 +300,7 @@ impl Store {
                 }
             }
         }
+
         let change_kind = if existing.is_some() { "MODIFIED" } else { "ADDED" };
         state.objects.insert(key, object.clone());
         state.changes.push(Change { rv, resource: resource.into(), namespace, kind: change_kind, object: object.clone() });

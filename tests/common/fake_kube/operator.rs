@@ -307,6 +307,7 @@ impl Operator {
             let bytes = base64::engine::general_purpose::STANDARD.decode(encoded).map_err(|e| e.to_string())?;
             Ok(String::from_utf8_lossy(&bytes).into_owned())
         };
+
         let dir = self.work_dir.join(name);
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let key_file = dir.join("access-key");
@@ -333,6 +334,7 @@ impl Operator {
             namespace: None,
             method: None,
         };
+
         let target_text = recovery["recoveryTarget"]["targetTime"].as_str();
         let now = chrono::Utc::now();
         let target = match target_text {
@@ -348,6 +350,7 @@ impl Operator {
             port: None,
             timeout: Duration::from_secs(120),
         };
+
         let plan = local::plan_restore(&spec, &Tools::from_env(), &store, &catalogue, &request, now).map_err(|e| e.to_string())?;
         let pinned = recovery["recoveryTarget"]["backupID"].as_str();
         if pinned.is_some_and(|id| id != plan.plan.backup.id.as_str()) {
