@@ -21,6 +21,7 @@ use common::*;
 use fake_kube::operator::{Fault, Operator, SourceCluster};
 use fake_kube::FakeKube;
 use serde_json::{json, Value};
+use visage_dr::cnpg::backup::{self, BackupOptions, BackupOutcome};
 use visage_dr::postgres::config::{Connection, DatabaseSpec, Driver, ObjectStore};
 use visage_dr::postgres::local::OsUser;
 use visage_dr::postgres::records::{list_postgres_records, RunStatus};
@@ -349,6 +350,36 @@ async fn cnpg_backup_and_restore() {
     let plugin_backup = kube.store.get(BACKUPS, NAMESPACE, record["backup_name"].as_str().unwrap()).unwrap();
     assert_eq!(plugin_backup["spec"]["pluginConfiguration"]["name"], "barman-cloud.cloudnative-pg.io");
     assert!(stderr.contains("longer than the object store's retentionPolicy \"14d\""), "{stderr}");
+
+    step("library: same slot, deadline, forbidden");
+    let client = visage_dr::cnpg::client(Some(&kube.kubeconfig)).await.unwrap();
+    let cnpg_spec = |cluster: &str, namespace: &str| DatabaseSpec {
+        name: "lib".into(),
+        driver: Driver::Cnpg,
+        cluster: Some(cluster.into()),
+        namespace: Some(namespace.into()),
+        connection: None,
+        ..source_spec(&s3, &bucket, work.path(), source.port)
+    };
+    let options = BackupOptions { deadline: std::time::Duration::from_secs(3), ..BackupOptions::default() };
+    // The same slot again finds the completed Backup of that slot and creates nothing.
+    let plugin_name = record["backup_name"].as_str().unwrap();
+    let slot_text = &plugin_name[plugin_name.len() - 14..];
+    let slot = chrono::NaiveDateTime::parse_from_str(slot_text, "%Y%m%d%H%M%S").unwrap().and_utc();
+    let count = backups(&kube).len();
+    let outcome = backup::run(client.clone(), &cnpg_spec(PLUGIN_CLUSTER, NAMESPACE), None, slot, &options).await.unwrap();
+    assert!(matches!(outcome, BackupOutcome::Completed { .. }), "{outcome:?}");
+    assert_eq!(backups(&kube).len(), count, "{:?}", backup_names(&kube));
+    // A Backup of a cluster that no operator serves stays pending until the deadline.
+    let outcome = backup::run(client.clone(), &cnpg_spec("pg-ghost", NAMESPACE), None, chrono::Utc::now(), &options).await.unwrap();
+    let BackupOutcome::Failed { error, .. } = outcome else { panic!("{outcome:?}") };
+    assert!(error.contains("did not finish within the deadline of 3s"), "{error}");
+    // A refused request is a failed outcome with a record, not a crash.
+    kube.store.forbid("locked");
+    let outcome = backup::run(client.clone(), &cnpg_spec(CLUSTER, "locked"), None, chrono::Utc::now(), &options).await.unwrap();
+    let BackupOutcome::Failed { record: Some(record), error } = outcome else { panic!("{outcome:?}") };
+    assert!(error.contains("list Backups in namespace locked"), "{error}");
+    assert_eq!(record.record.status, RunStatus::Failed);
 
     step("skipped slot");
     let pod = kube.store.get("/pods", NAMESPACE, &format!("{CLUSTER}-1")).unwrap();

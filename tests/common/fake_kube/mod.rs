@@ -53,6 +53,8 @@ struct State {
     /// Resources whose next watch closes at once and expires every older resourceVersion.
     drop_next_watch: Vec<String>,
     logs: HashMap<(String, String), String>,
+    /// Namespaces in which every request gets 403 Forbidden, as without RBAC rights.
+    forbidden: Vec<String>,
 }
 
 /// The API server's state, shared by the HTTP handlers, the operator and the test.
@@ -244,6 +246,11 @@ impl Store {
         self.state.lock().unwrap().drop_next_watch.push(resource.to_string());
     }
 
+    /// Makes every request in `namespace` fail with 403 Forbidden.
+    pub fn forbid(&self, namespace: &str) {
+        self.state.lock().unwrap().forbidden.push(namespace.to_string());
+    }
+
     pub fn set_log(&self, namespace: &str, pod: &str, text: &str) {
         self.state.lock().unwrap().logs.insert((namespace.into(), pod.into()), text.into());
     }
@@ -337,6 +344,9 @@ impl Store {
         };
         let params = query_params(&uri);
         self.count(&method, &target, &params);
+        if self.state.lock().unwrap().forbidden.contains(&target.namespace) {
+            return status(403, "Forbidden", format!("{} is forbidden in namespace {}", target.resource, target.namespace));
+        }
         let (kind, _) = kind_of(&target.resource);
         if kind.is_empty() {
             return status(404, "NotFound", format!("the server does not serve {}", target.resource));
