@@ -382,17 +382,18 @@ impl Store {
         }
     }
 
-    fn validate(&self, resource: &str, object: &Value) -> Result<(), Response> {
-        let Some(schemas) = &self.schemas else { return Ok(()) };
+    /// Returns the 422 response for an object that fails its CRD schema.
+    fn invalid(&self, resource: &str, object: &Value) -> Option<Response> {
+        let schemas = self.schemas.as_ref()?;
         let errors = match resource {
             "postgresql.cnpg.io/backups" => schemas.validate_backup(object),
             "postgresql.cnpg.io/clusters" => schemas.validate_cluster(object),
             _ => Vec::new(),
         };
         if errors.is_empty() {
-            Ok(())
+            None
         } else {
-            Err(status(422, "Invalid", format!("{} is invalid: {}", kind_of(resource).0, errors.join("; "))))
+            Some(status(422, "Invalid", format!("{} is invalid: {}", kind_of(resource).0, errors.join("; "))))
         }
     }
 
@@ -400,7 +401,7 @@ impl Store {
         let Some(name) = object["metadata"]["name"].as_str().map(str::to_string) else {
             return status(422, "Invalid", "metadata.name: Required value".into());
         };
-        if let Err(response) = self.validate(&target.resource, &object) {
+        if let Some(response) = self.invalid(&target.resource, &object) {
             return response;
         }
         if self.get(&target.resource, &target.namespace, &name).is_some() {
@@ -420,7 +421,7 @@ impl Store {
         let kind = kind_of(&target.resource).0;
         let existing = self.get(&target.resource, &target.namespace, name);
         if content_type.starts_with("application/apply-patch") {
-            if let Err(response) = self.validate(&target.resource, &patch) {
+            if let Some(response) = self.invalid(&target.resource, &patch) {
                 return response;
             }
             let created = existing.is_none();
