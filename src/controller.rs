@@ -10,8 +10,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use tracing::{info, info_span, warn, Instrument};
 
+use crate::cnpg::{self, backup::BackupOutcome};
 use crate::policy::Policy;
-use crate::postgres::config::Driver;
+use crate::postgres::config::{DatabaseSpec, Driver};
 use crate::postgres::{local, records};
 use crate::prune::{self, PruneSettings};
 use crate::repository::{RepoError, Repository};
@@ -284,7 +285,7 @@ async fn run_job(policy: &Policy, repo: &Arc<Repository>, job: &PlannedJob, slot
                         (None, Ok(_)) => Ok(()),
                     }
                 }
-                Driver::Cnpg => Err("the cnpg driver is not built yet; back this database up with CNPG's own ScheduledBackup for now".into()),
+                Driver::Cnpg => cnpg_job(&db.spec, repo, slot, &mut report).await,
             }
         }
         JobKind::Bucket(i) => {
@@ -334,6 +335,33 @@ async fn verification_job(policy: &Policy, repo: &Arc<Repository>, report: &mut 
     match outcome.report.failure {
         None => Ok(()),
         Some(failure) => Err(format!("verification failed: {failure}")),
+    }
+}
+
+/// Takes one backup through a CNPG Backup resource. A slot skipped because an earlier
+/// Backup still runs is reported as skipped, so the slot is tried again by the next cycle.
+async fn cnpg_job(spec: &DatabaseSpec, repo: &Arc<Repository>, slot: DateTime<Utc>, report: &mut JobReport) -> Result<(), String> {
+    let client = cnpg::client(None).await.map_err(|e| e.to_string())?;
+    let outcome = cnpg::backup::run(client, spec, Some(repo), slot, &cnpg::backup::BackupOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    match outcome {
+        BackupOutcome::Completed { record, warnings } => {
+            report.ids.extend(record.record.backup_id.clone());
+            if !warnings.is_empty() {
+                report.detail = Some(warnings.join("; "));
+            }
+            Ok(())
+        }
+        BackupOutcome::Skipped { reason } => {
+            report.result = JobResult::Skipped;
+            report.detail = Some(format!("skipped: {reason}"));
+            Ok(())
+        }
+        BackupOutcome::Failed { record, error } => {
+            report.ids.extend(record.and_then(|r| r.record.backup_id));
+            Err(error)
+        }
     }
 }
 

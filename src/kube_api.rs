@@ -23,23 +23,30 @@ const fn call(group: &'static str, resource: &'static str, verb: &'static str) -
 /// Group of CloudNativePG's resources.
 pub const CNPG_GROUP: &str = "postgresql.cnpg.io";
 
-/// The calls of the `cnpg` driver: Backup resources for backups and their
-/// retention, Cluster resources for point-in-time restores and scratch
-/// verification clusters, the pod a backup runs on, and the credentials
-/// Secret of a restored cluster.
+/// Group of the barman-cloud plugin's `ObjectStore` resource.
+pub const BARMAN_CLOUD_GROUP: &str = "barmancloud.cnpg.io";
+
+/// The calls of the `cnpg` driver. Backups: create one per slot, get it after a 409 on a
+/// rerun, list and watch while waiting, delete stale and expired ones. Clusters: `get` to
+/// check that a recovery cluster's name is free, server-side apply (`patch`), list and watch
+/// while waiting. The source Cluster's `retentionPolicy` is read with `get`, and so is a
+/// plugin ObjectStore's. Pods: `get` of the pod a backup runs on, `list` of the recovery Job's
+/// pods and their log. Jobs: `get` of the recovery Job. Secrets: `get` of a restored
+/// cluster's `<name>-superuser` Secret.
 pub const API_CALLS: &[ApiCall] = &[
     call(CNPG_GROUP, "backups", "create"),
     call(CNPG_GROUP, "backups", "get"),
     call(CNPG_GROUP, "backups", "list"),
     call(CNPG_GROUP, "backups", "watch"),
     call(CNPG_GROUP, "backups", "delete"),
-    call(CNPG_GROUP, "clusters", "create"),
     call(CNPG_GROUP, "clusters", "get"),
     call(CNPG_GROUP, "clusters", "list"),
     call(CNPG_GROUP, "clusters", "watch"),
     call(CNPG_GROUP, "clusters", "patch"),
-    call(CNPG_GROUP, "clusters", "delete"),
+    call(BARMAN_CLOUD_GROUP, "objectstores", "get"),
     call("", "pods", "get"),
     call("", "pods", "list"),
+    call("", "pods/log", "get"),
+    call("batch", "jobs", "get"),
     call("", "secrets", "get"),
 ];

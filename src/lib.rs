@@ -12,6 +12,8 @@
 //!   training checkpoints.
 //! - [`postgres`]: PostgreSQL point-in-time recovery over a barman-cloud archive
 //!   (`docs/postgres.md`).
+//! - [`cnpg`]: the CloudNativePG driver: Backup resources and recovery Clusters
+//!   (`docs/cnpg.md`).
 //! - [`policy`]: policy files: what to back up, when, and how long to keep it
 //!   (`docs/policies.md`).
 //! - [`units`]: the duration and size units of policy files.
@@ -37,6 +39,7 @@
 //! - [`cli`]: the `visage-dr` command line, its error type and exit codes.
 
 pub mod cli;
+pub mod cnpg;
 pub mod controller;
 pub mod id;
 pub mod kube_api;

@@ -11,7 +11,10 @@ use serde::Serialize;
 use super::repo::print_table;
 use super::CliError;
 use crate::postgres::catalogue::{Catalogue, PlanError, RunEnd};
-use crate::postgres::config::DatabaseSpec;
+use crate::cnpg::backup::{BackupOptions, BackupOutcome};
+use crate::cnpg::restore::{self as cnpg_restore, RestoreSettings};
+use crate::cnpg::{self, CnpgError};
+use crate::postgres::config::{DatabaseSpec, Driver};
 use crate::postgres::local::{self, LocalError, RestoreRequest, Tools};
 use crate::postgres::records;
 use crate::postgres::store::{ArchiveStore, StoreError};
@@ -36,9 +39,19 @@ pub struct BackupArgs {
     /// Print the catalogue record as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Kubeconfig file for a `driver: cnpg` database. Default: KUBECONFIG, ~/.kube/config, or the pod's service account.
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Seconds a cnpg Backup may stay in phase walArchivingFailing before it counts as failed.
+    #[arg(long, value_name = "SECONDS", default_value_t = crate::cnpg::backup::DEFAULT_WAL_FAILING_GRACE.as_secs())]
+    pub wal_failing_grace: u64,
+    /// Seconds after which a cnpg Backup that has not finished counts as failed, whatever its phase.
+    #[arg(long, value_name = "SECONDS", default_value_t = crate::cnpg::backup::DEFAULT_DEADLINE.as_secs())]
+    pub deadline: u64,
 }
 
-/// Restore a database to a point in time into a new local PostgreSQL instance.
+/// Restore a database to a point in time into a new local PostgreSQL instance, or for a
+/// `driver: cnpg` database into a new CNPG Cluster.
 ///
 /// By default the restored instance keeps running after visage-dr exits, on 127.0.0.1 and a
 /// Unix socket in the --into directory. visage-dr prints how to connect and the exact command
@@ -55,13 +68,28 @@ pub struct RestoreArgs {
     /// Recovery target: an absolute time with a UTC offset, for example 2026-05-28T12:00:00Z or 2026-05-28 14:00:00.25+02:00.
     #[arg(long)]
     pub target_time: String,
-    /// New directory for the restored instance (data/, postgresql.log and its socket). Default: <name>-<target as YYYYMMDDTHHMMSSZ> in the current directory. An existing non-empty directory is rejected.
-    #[arg(long, value_name = "DIR")]
+    /// New directory for the restored instance (data/, postgresql.log and its socket). Default: <name>-<target as YYYYMMDDTHHMMSSZ> in the current directory. An existing non-empty directory is rejected. For a cnpg database: the name of the new Cluster, default <cluster>-pitr-<target as YYYYMMDDHHMMSS>.
+    #[arg(long, value_name = "DIR|CLUSTER")]
     pub into: Option<PathBuf>,
+    /// Namespace of the new Cluster (cnpg only). Default: the policy's namespace.
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Kubeconfig file (cnpg only). Default: KUBECONFIG, ~/.kube/config, or the pod's service account.
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Format of the manifests printed by --dry-run (cnpg only).
+    #[arg(short = 'o', long, value_enum, default_value = "yaml")]
+    pub output: ManifestFormat,
+    /// Storage size of the new Cluster's instances (cnpg only), as a Kubernetes quantity.
+    #[arg(long, default_value = "10Gi")]
+    pub storage_size: String,
+    /// PostgreSQL image of the new Cluster (cnpg only); it must run the backup's major version. Default: the operator's default image.
+    #[arg(long)]
+    pub image_name: Option<String>,
     /// Accept a target after the last archived WAL and recover everything in the archive, without recovery_target_time.
     #[arg(long)]
     pub to_end_of_archive: bool,
-    /// Print the chosen base backup, the WAL range and the recovery settings, and create nothing.
+    /// Print the chosen base backup, the WAL range and the recovery settings, and create nothing. For a cnpg database: print the manifests that would be applied, and contact no Kubernetes API.
     #[arg(long)]
     pub dry_run: bool,
     /// Stop the restored instance after recovery has completed.
@@ -70,12 +98,19 @@ pub struct RestoreArgs {
     /// Port of the restored instance on 127.0.0.1. Default: a free port.
     #[arg(long)]
     pub port: Option<u16>,
-    /// Seconds to wait for recovery to complete before stopping the instance and failing.
+    /// Seconds to wait for recovery to complete (cnpg: for the Cluster to become ready) before failing.
     #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
     pub recovery_timeout: u64,
     /// Print the plan, and the connection details of the restored instance, as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Format of manifests printed by a cnpg dry run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ManifestFormat {
+    Yaml,
+    Json,
 }
 
 #[derive(Debug, Args)]
@@ -177,6 +212,9 @@ pub async fn backup(a: BackupArgs) -> Result<ExitCode, CliError> {
         None => None,
     };
 
+    if spec.driver == Driver::Cnpg {
+        return backup_cnpg(&a, &spec, repo.as_ref()).await;
+    }
     let (record, error) = match local::backup(&spec, &Tools::from_env()).await {
         Ok(record) => (record, None),
         Err(failure) => (failure.record, Some(failure.error)),
@@ -226,6 +264,9 @@ pub async fn restore(a: RestoreArgs) -> Result<ExitCode, CliError> {
     let target = TargetTime::parse(&a.target_time, now).map_err(|e| CliError::usage(e.to_string()))?;
     eprintln!("target time: {target} (UTC)");
     let spec = find_database(&a.policy, &a.name)?;
+    if spec.driver == Driver::Cnpg {
+        return restore_cnpg(&a, &spec, target, now).await;
+    }
     let into = match a.into.clone() {
         Some(path) => absolute(path)?,
         None => default_into(&a.name, &target)?,
@@ -404,4 +445,137 @@ fn print_window(spec: &DatabaseSpec, catalogue: &Catalogue) {
     for warning in &catalogue.warnings {
         println!("warning: {warning}");
     }
+}
+
+impl From<CnpgError> for CliError {
+    fn from(e: CnpgError) -> Self {
+        match e {
+            CnpgError::WrongDriver { .. }
+            | CnpgError::MissingSetting { .. }
+            | CnpgError::Kubeconfig { .. }
+            | CnpgError::NoConfig { .. }
+            | CnpgError::InvalidName { .. }
+            | CnpgError::SameAsSource { .. }
+            | CnpgError::ClusterExists { .. } => CliError::usage(e.to_string()),
+            other => CliError::failed(other.to_string()),
+        }
+    }
+}
+
+/// `backup postgres` for a cnpg database: one Backup resource for the current second.
+async fn backup_cnpg(a: &BackupArgs, spec: &DatabaseSpec, repo: Option<&Repository>) -> Result<ExitCode, CliError> {
+    let client = cnpg::client(a.kubeconfig.as_deref()).await?;
+    let slot = Utc::now();
+    let options = BackupOptions {
+        wal_failing_grace: Duration::from_secs(a.wal_failing_grace),
+        deadline: Duration::from_secs(a.deadline),
+        ..BackupOptions::default()
+    };
+    let outcome = cnpg::backup::run(client, spec, repo, slot, &options).await?;
+    match outcome {
+        BackupOutcome::Completed { record, warnings } => {
+            if a.json {
+                print_json(&record);
+            } else {
+                let r = &record.record;
+                println!(
+                    "Backup {} of cluster {}/{} completed: base backup {}, WAL {} to {}",
+                    r.backup_name.as_deref().unwrap_or("?"),
+                    record.namespace,
+                    record.cluster,
+                    r.backup_id.as_deref().unwrap_or("?"),
+                    r.begin_wal.as_deref().unwrap_or("?"),
+                    r.end_wal.as_deref().unwrap_or("?"),
+                );
+                for warning in warnings {
+                    println!("warning: {warning}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        BackupOutcome::Skipped { reason } => {
+            println!("skipped: {reason}");
+            Ok(ExitCode::SUCCESS)
+        }
+        BackupOutcome::Failed { record, error } => {
+            if let (true, Some(record)) = (a.json, &record) {
+                print_json(record);
+            }
+            Err(CliError::failed(format!("backup of database {:?} failed: {error}", spec.name)))
+        }
+    }
+}
+
+/// `restore postgres` for a cnpg database: a recovery Cluster, applied and waited for.
+async fn restore_cnpg(a: &RestoreArgs, spec: &DatabaseSpec, target: TargetTime, now: DateTime<Utc>) -> Result<ExitCode, CliError> {
+    let source = cnpg::backup::Target::of(spec)?;
+    let name = match &a.into {
+        Some(into) => into
+            .to_str()
+            .ok_or_else(|| CliError::usage(format!("--into {} is not a valid Cluster name", into.display())))?
+            .to_string(),
+        None => format!("{}-pitr-{}", source.cluster, target.as_datetime().format("%Y%m%d%H%M%S")),
+    };
+    let namespace = a.namespace.clone().unwrap_or_else(|| source.namespace.clone());
+
+    // Plan from the archive first, so that a bad target creates nothing.
+    let store = ArchiveStore::open(&spec.object_store)?;
+    let catalogue = store.read_catalogue().await?;
+    let plan = catalogue.select_base_backup(target.as_datetime(), now, a.to_end_of_archive).map_err(|e| match e {
+        PlanError::NoBackups { .. } | PlanError::NoUsableBackup { .. } => CliError::failed(e.to_string()),
+        other => CliError::usage(other.to_string()),
+    })?;
+    let settings = RestoreSettings {
+        name,
+        namespace,
+        target,
+        recover_to_end_of_archive: plan.stops_at_end_of_archive,
+        backup_id: plan.backup.id.to_string(),
+        instances: 1,
+        storage_size: a.storage_size.clone(),
+        image_name: a.image_name.clone(),
+    };
+    let cluster = cnpg_restore::cluster_manifest(spec, &settings)?;
+
+    if a.dry_run {
+        match a.output {
+            ManifestFormat::Yaml => print!(
+                "{}",
+                serde_saphyr::to_string(&cluster).map_err(|e| CliError::failed(format!("cannot format the manifest as YAML: {e}")))?
+            ),
+            ManifestFormat::Json => print_json(&cluster),
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!(
+        "base backup {} (ended {}); restoring into Cluster {}/{}",
+        plan.backup.id,
+        time_text(plan.backup.end_time),
+        settings.namespace,
+        settings.name
+    );
+    let client = cnpg::client(a.kubeconfig.as_deref()).await?;
+    let mut progress = |line: &str| eprintln!("{line}");
+    let connection =
+        cnpg_restore::apply_and_wait(client, &cluster, Duration::from_secs(a.recovery_timeout), &mut progress).await?;
+    if a.json {
+        print_json(&serde_json::json!({
+            "cluster": settings.name,
+            "namespace": settings.namespace,
+            "backup_id": settings.backup_id,
+            "target_time": settings.target.to_string(),
+            "connection": connection,
+        }));
+    } else {
+        println!("recovery complete; Cluster {}/{} is ready", settings.namespace, settings.name);
+        println!(
+            "  connect: host {} port {} dbname {} user {} (password in Secret {})",
+            connection.host.as_deref().unwrap_or("?"),
+            connection.port.as_deref().unwrap_or("?"),
+            connection.dbname.as_deref().unwrap_or("?"),
+            connection.username.as_deref().unwrap_or("?"),
+            connection.secret
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -79,6 +79,10 @@ pub struct ObjectStore {
     /// File holding the secret access key visage-dr uses for this store.
     #[serde(default)]
     pub secret_access_key_file: Option<PathBuf>,
+    /// Name of the barman-cloud plugin's `ObjectStore` resource that describes this store
+    /// (`driver: cnpg` with `method: plugin`); restores and retention checks refer to it.
+    #[serde(default)]
+    pub barman_object_name: Option<String>,
 }
 
 /// Connection settings of the local driver.
