@@ -4,10 +4,10 @@
 //! [`plan`] chooses, per component, what is restored and where, and creates
 //! nothing. [`execute`] carries a plan out: databases first (so the
 //! cross-component reference check can query them), then buckets, then
-//! checkpoints. Everything goes beside the original by default: a database
-//! into a new local instance or, with the cnpg driver, a new CNPG Cluster
-//! `<cluster>-<suffix>`; a bucket into `<bucket>-<suffix>`; checkpoints into
-//! a directory. A restore run again with the same arguments resumes: objects
+//! checkpoints. Everything goes beside the original by default. A database
+//! goes into a new local instance or, with the cnpg driver, into a new CNPG
+//! Cluster `<cluster>-<suffix>`. A bucket goes into `<bucket>-<suffix>`, and
+//! checkpoints into a directory. A restore run again with the same arguments resumes: objects
 //! and checkpoint files already written with the right content are skipped,
 //! and a database restored by an earlier run is reused.
 
@@ -128,9 +128,9 @@ pub struct DatabaseStep {
     pub base_backup_end: DateTime<Utc>,
     pub wal_first: String,
     pub wal_last: String,
-    /// Where the database is restored.
+    /// Target of the restore: a local instance or a CNPG Cluster.
     pub into: DatabaseTarget,
-    /// An earlier run restored this target there: the local directory holds a completed
+    /// An earlier run restored this target there: the local directory contains a completed
     /// restore, or the CNPG Cluster carries the same target and base backup.
     pub already_restored: bool,
     #[serde(skip)]
@@ -158,7 +158,7 @@ impl std::fmt::Display for DatabaseTarget {
     }
 }
 
-/// What [`execute`] needs to restore one database.
+/// Input of [`execute`] for one database.
 #[derive(Debug, Clone, Default)]
 enum DatabaseWork {
     /// Nothing: an earlier run restored it into a local directory.
@@ -460,7 +460,7 @@ async fn plan_cnpg_database(
                 let holds = if found.is_empty() {
                     format!("has no {} annotation, so it is not a restore of this run", cnpg_restore::RESTORE_TARGET_ANNOTATION)
                 } else {
-                    format!("holds the restore {found:?}, not {:?}", settings.restore_target())
+                    format!("carries the restore target {found:?}, not {:?}", settings.restore_target())
                 };
                 return Err(format!(
                     "Cluster {}/{name} already exists and {holds}; choose another --suffix or delete that Cluster",
