@@ -413,7 +413,7 @@ mod tests {
         assert_eq!(store.server_name.as_deref(), Some("app-db"));
         assert!(cluster.spec.backup.is_none());
         let annotations = cluster.metadata.annotations.unwrap();
-        assert_eq!(annotations[RESTORE_TARGET_ANNOTATION], "2026-05-28T12:00:00.25Z backup 20260528T110000");
+        assert_eq!(annotations[RESTORE_TARGET_ANNOTATION], "2026-05-28T12:00:00.250000Z backup 20260528T110000");
     }
 
     #[test]
