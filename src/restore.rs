@@ -4,9 +4,10 @@
 //! [`plan`] chooses, per component, what is restored and where, and creates
 //! nothing. [`execute`] carries a plan out: databases first (so the
 //! cross-component reference check can query them), then buckets, then
-//! checkpoints. Everything goes beside the original by default: a database
-//! into a new instance, a bucket into `<bucket>-<suffix>`, checkpoints into a
-//! directory. A restore run again with the same arguments resumes: objects
+//! checkpoints. Everything goes beside the original by default. A database
+//! goes into a new local instance or, with the cnpg driver, into a new CNPG
+//! Cluster `<cluster>-<suffix>`. A bucket goes into `<bucket>-<suffix>`, and
+//! checkpoints into a directory. A restore run again with the same arguments resumes: objects
 //! and checkpoint files already written with the right content are skipped,
 //! and a database restored by an earlier run is reused.
 
@@ -19,6 +20,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use crate::cnpg::resources::Cluster;
+use crate::cnpg::restore::{self as cnpg_restore, RestoreSettings, MAX_CLUSTER_NAME};
+use crate::cnpg::{self, CnpgError};
 use crate::id::SnapshotId;
 use crate::policy::Policy;
 use crate::postgres::config::{DatabaseSpec, Driver};
@@ -32,6 +36,12 @@ use crate::sources::checkpoint::{self, Catalogue, CheckpointRecord, FileRestore}
 
 /// Name of the file that marks a database directory as completely restored.
 pub const DONE_MARKER: &str = "visage-dr-restore.json";
+
+/// Storage size of each restored CNPG Cluster's instance. `restore postgres --storage-size`
+/// sets it for a single database.
+// NOTE: a database larger than this fails its recovery; the whole-stack restore has no
+// option to raise it yet.
+pub const CNPG_STORAGE_SIZE: &str = "10Gi";
 
 /// Number of missing referenced keys listed by name.
 const MISSING_LISTED: usize = 20;
@@ -118,14 +128,45 @@ pub struct DatabaseStep {
     pub base_backup_end: DateTime<Utc>,
     pub wal_first: String,
     pub wal_last: String,
-    /// Directory of the new instance.
-    pub target: PathBuf,
-    /// The directory holds a restore of this target completed by an earlier run.
+    /// Target of the restore: a local instance or a CNPG Cluster.
+    pub into: DatabaseTarget,
+    /// An earlier run restored this target there: the local directory contains a completed
+    /// restore, or the CNPG Cluster carries the same target and base backup.
     pub already_restored: bool,
     #[serde(skip)]
-    plan: Option<local::RestorePlan>,
+    work: DatabaseWork,
     #[serde(skip)]
     spec: DatabaseSpec,
+}
+
+/// The new instance a database is restored into.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "driver", rename_all = "snake_case")]
+pub enum DatabaseTarget {
+    /// A local PostgreSQL instance in this directory.
+    Local { directory: PathBuf },
+    /// A CNPG Cluster, reached through its `<name>-rw` Service.
+    Cnpg { namespace: String, cluster: String, service: String },
+}
+
+impl std::fmt::Display for DatabaseTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DatabaseTarget::Local { directory } => write!(f, "a new instance in {}", directory.display()),
+            DatabaseTarget::Cnpg { namespace, cluster, .. } => write!(f, "the new Cluster {namespace}/{cluster}"),
+        }
+    }
+}
+
+/// Input of [`execute`] for one database.
+#[derive(Debug, Clone, Default)]
+enum DatabaseWork {
+    /// Nothing: an earlier run restored it into a local directory.
+    #[default]
+    Done,
+    Local(Box<local::RestorePlan>),
+    /// The recovery Cluster to apply, or to wait for when an earlier run applied it.
+    Cnpg(Box<Cluster>),
 }
 
 /// The restore of one bucket.
@@ -185,6 +226,13 @@ pub enum RestoreError {
     Repository(#[from] RepoError),
     #[error("the restore cannot start: {}", .0.join("; "))]
     Problems(Vec<String>),
+    #[error("the policy has a cnpg database, but no Kubernetes client was given to the restore")]
+    NoKubeClient,
+}
+
+/// Returns whether `policy` has a database restored through the Kubernetes API.
+pub fn needs_kubernetes(policy: &Policy, only: Components) -> bool {
+    only.postgres && policy.postgres.iter().any(|db| db.spec.driver == Driver::Cnpg)
 }
 
 /// Completion record written into a restored database's directory.
@@ -222,7 +270,15 @@ fn read_marker(dir: &Path) -> Option<DoneMarker> {
 }
 
 /// Plans the restore of `policy` to `req.target`. Creates nothing.
-pub async fn plan(policy: &Policy, repo: &Arc<Repository>, req: &StackRequest) -> Result<StackPlan, RepoError> {
+///
+/// `kube` reaches the API server of the cnpg databases. With `None` (a dry run) no API is
+/// contacted, so the plan cannot tell whether an earlier run created a recovery Cluster.
+pub async fn plan(
+    policy: &Policy,
+    repo: &Arc<Repository>,
+    req: &StackRequest,
+    kube: Option<&kube::Client>,
+) -> Result<StackPlan, RepoError> {
     let target = req.target.as_datetime();
     let now = Utc::now();
     let mut plan = StackPlan {
@@ -230,22 +286,21 @@ pub async fn plan(policy: &Policy, repo: &Arc<Repository>, req: &StackRequest) -
         databases: Vec::new(),
         buckets: Vec::new(),
         checkpoints: Vec::new(),
-        refusals: vec!["a database is never restored over its source: each one goes into a new instance".into()],
+        refusals: vec!["a database is never restored over its source: each one goes into a new instance or Cluster".into()],
         problems: Vec::new(),
     };
     if req.only.postgres {
         let tools = Tools::from_env();
         for db in &policy.postgres {
             let spec = &db.spec;
-            if spec.driver != Driver::Local {
-                plan.problems.push(format!(
-                    "postgres {}: the whole-stack restore runs the local driver only; restore this CNPG database with `visage-dr restore postgres --name {}`",
-                    spec.name, spec.name
-                ));
-                continue;
-            }
-            let into = req.databases_to.join(format!("{}-{}", spec.name, req.suffix));
-            match plan_database(spec, &tools, &into, req, now).await {
+            let planned = match spec.driver {
+                Driver::Local => {
+                    let into = req.databases_to.join(format!("{}-{}", spec.name, req.suffix));
+                    plan_database(spec, &tools, &into, req, now).await
+                }
+                Driver::Cnpg => plan_cnpg_database(spec, req, now, kube).await,
+            };
+            match planned {
                 Ok(step) => plan.databases.push(step),
                 Err(e) => plan.problems.push(format!("postgres {}: {e}", spec.name)),
             }
@@ -327,9 +382,9 @@ async fn plan_database(spec: &DatabaseSpec, tools: &Tools, into: &Path, req: &St
                 base_backup_end: backup.map_or(req.target.as_datetime(), |b| b.backup.end_time),
                 wal_first: String::new(),
                 wal_last: String::new(),
-                target: into.to_path_buf(),
+                into: DatabaseTarget::Local { directory: into.to_path_buf() },
                 already_restored: true,
-                plan: None,
+                work: DatabaseWork::Done,
                 spec: spec.clone(),
             });
         }
@@ -353,9 +408,76 @@ async fn plan_database(spec: &DatabaseSpec, tools: &Tools, into: &Path, req: &St
         base_backup_end: p.plan.backup.end_time,
         wal_first: p.plan.wal_first.to_string(),
         wal_last: p.plan.wal_last.to_string(),
-        target: into.to_path_buf(),
+        into: DatabaseTarget::Local { directory: into.to_path_buf() },
         already_restored: false,
-        plan: Some(p),
+        work: DatabaseWork::Local(Box::new(p)),
+        spec: spec.clone(),
+    })
+}
+
+/// Plans a cnpg database: the base backup from the archive's catalogue, as `restore
+/// postgres` chooses it, and the recovery Cluster `<cluster>-<suffix>` in the source's
+/// namespace. With `kube`, an existing Cluster of that name is reused when it carries the
+/// same restore target, and is a problem otherwise.
+async fn plan_cnpg_database(
+    spec: &DatabaseSpec,
+    req: &StackRequest,
+    now: DateTime<Utc>,
+    kube: Option<&kube::Client>,
+) -> Result<DatabaseStep, String> {
+    let source = cnpg::backup::Target::of(spec).map_err(|e| e.to_string())?;
+    let name = format!("{}-{}", source.cluster, req.suffix);
+    if name.len() > MAX_CLUSTER_NAME {
+        return Err(format!(
+            "the new Cluster's name {name:?} has {} characters, more than the {MAX_CLUSTER_NAME} CNPG allows; pass a shorter --suffix",
+            name.len()
+        ));
+    }
+    let store = ArchiveStore::open(&spec.object_store).map_err(|e| e.to_string())?;
+    let catalogue = store.read_catalogue().await.map_err(|e| e.to_string())?;
+    let chosen = catalogue.select_base_backup(req.target.as_datetime(), now, false).map_err(|e| e.to_string())?;
+    let settings = RestoreSettings {
+        name: name.clone(),
+        namespace: source.namespace.clone(),
+        target: req.target.clone(),
+        recover_to_end_of_archive: chosen.stops_at_end_of_archive,
+        backup_id: chosen.backup.id.to_string(),
+        instances: 1,
+        storage_size: CNPG_STORAGE_SIZE.into(),
+        image_name: None,
+    };
+    let manifest = cnpg_restore::cluster_manifest(spec, &settings).map_err(|e| e.to_string())?;
+
+    let mut already_restored = false;
+    if let Some(client) = kube {
+        let existing = cnpg_restore::existing_restore_target(client, &settings.namespace, &name)
+            .await
+            .map_err(|e| e.to_string())?;
+        match existing {
+            None => {}
+            Some(found) if found == settings.restore_target() => already_restored = true,
+            Some(found) => {
+                let holds = if found.is_empty() {
+                    format!("has no {} annotation, so it is not a restore of this run", cnpg_restore::RESTORE_TARGET_ANNOTATION)
+                } else {
+                    format!("carries the restore target {found:?}, not {:?}", settings.restore_target())
+                };
+                return Err(format!(
+                    "Cluster {}/{name} already exists and {holds}; choose another --suffix or delete that Cluster",
+                    settings.namespace
+                ));
+            }
+        }
+    }
+    Ok(DatabaseStep {
+        name: spec.name.clone(),
+        base_backup: settings.backup_id.clone(),
+        base_backup_end: chosen.backup.end_time,
+        wal_first: chosen.wal_first.to_string(),
+        wal_last: chosen.wal_last.to_string(),
+        into: DatabaseTarget::Cnpg { namespace: settings.namespace.clone(), service: format!("{name}-rw"), cluster: name },
+        already_restored,
+        work: DatabaseWork::Cnpg(Box::new(manifest)),
         spec: spec.clone(),
     })
 }
@@ -422,10 +544,20 @@ impl StackOutcome {
     }
 }
 
-/// Carries out `plan`. Components fail one by one; the outcome lists each.
-pub async fn execute(policy: &Policy, repo: Arc<Repository>, plan: &StackPlan, req: &StackRequest) -> Result<StackOutcome, RestoreError> {
+/// Carries out `plan`. Components fail one by one; the outcome lists each. `kube` must be
+/// given when the plan has a cnpg database.
+pub async fn execute(
+    policy: &Policy,
+    repo: Arc<Repository>,
+    plan: &StackPlan,
+    req: &StackRequest,
+    kube: Option<&kube::Client>,
+) -> Result<StackOutcome, RestoreError> {
     if !plan.problems.is_empty() {
         return Err(RestoreError::Problems(plan.problems.clone()));
+    }
+    if kube.is_none() && plan.databases.iter().any(|d| matches!(d.into, DatabaseTarget::Cnpg { .. })) {
+        return Err(RestoreError::NoKubeClient);
     }
     let clock = Instant::now();
     let mut out = StackOutcome { components: Vec::new(), references: Vec::new(), rto_seconds: 0.0, switch_over: Vec::new() };
@@ -433,28 +565,21 @@ pub async fn execute(policy: &Policy, repo: Arc<Repository>, plan: &StackPlan, r
 
     for step in &plan.databases {
         let started = Instant::now();
-        // The local driver's own span names the database and the backup.
-        let result = restore_database(step, plan.target_time).await;
+        // The drivers' own spans name the database, the backup and the Cluster.
+        let result = match (&step.work, kube) {
+            (DatabaseWork::Cnpg(manifest), Some(kube)) => restore_cnpg_database(step, manifest, req, kube).await,
+            _ => restore_local_database(step, plan.target_time).await,
+        };
         let (ok, detail) = match result {
-            Ok(marker) => {
-                out.switch_over.push(format!(
-                    "postgres {}: point the application at 127.0.0.1:{} (socket {}, user {}, database {}); stop this instance with: {}",
-                    step.name,
-                    marker.port,
-                    marker.socket_dir.display(),
-                    marker.user,
-                    marker.dbname,
-                    marker.stop_command
-                ));
-                let connection = step.spec.connection.as_ref();
-                match local::connect_socket(&marker.socket_dir, marker.port, &marker.user, &marker.dbname, connection).await {
+            Ok(restored) => {
+                out.switch_over.push(restored.switch_over);
+                match restored.client {
                     Ok(client) => {
                         clients.insert(step.name.clone(), client);
                     }
-                    Err(e) => warn!(pg.database = %step.name, error = %e, "cannot connect to the restored instance for the reference check"),
+                    Err(e) => warn!(pg.database = %step.name, error = %e, "cannot connect to the restored database for the reference check"),
                 }
-                let how = if step.already_restored { "restored by an earlier run" } else { "restored" };
-                (true, format!("{how} into {}, port {}", step.target.display(), marker.port))
+                (true, restored.detail)
             }
             Err(e) => (false, e),
         };
@@ -504,11 +629,109 @@ pub async fn execute(policy: &Policy, repo: Arc<Repository>, plan: &StackPlan, r
     Ok(out)
 }
 
-async fn restore_database(step: &DatabaseStep, target: DateTime<Utc>) -> Result<DoneMarker, String> {
-    if step.already_restored {
-        return read_marker(&step.target).ok_or_else(|| format!("{} lost its completion record", step.target.display()));
+/// A restored database: the summary detail, the switch-over step, and a connection for
+/// the reference check.
+struct RestoredDatabase {
+    detail: String,
+    switch_over: String,
+    client: Result<tokio_postgres::Client, String>,
+}
+
+async fn restore_local_database(step: &DatabaseStep, target: DateTime<Utc>) -> Result<RestoredDatabase, String> {
+    let DatabaseTarget::Local { directory } = &step.into else {
+        return Err(format!("postgres {}: a local restore needs a directory", step.name));
+    };
+    let marker = restore_database(step, directory, target).await?;
+    let switch_over = format!(
+        "postgres {}: point the application at 127.0.0.1:{} (socket {}, user {}, database {}); stop this instance with: {}",
+        step.name,
+        marker.port,
+        marker.socket_dir.display(),
+        marker.user,
+        marker.dbname,
+        marker.stop_command
+    );
+    let connection = step.spec.connection.as_ref();
+    let client = local::connect_socket(&marker.socket_dir, marker.port, &marker.user, &marker.dbname, connection)
+        .await
+        .map_err(|e| e.to_string());
+    let how = if step.already_restored { "restored by an earlier run" } else { "restored" };
+    Ok(RestoredDatabase {
+        detail: format!("{how} into {}, port {}", directory.display(), marker.port),
+        switch_over,
+        client,
+    })
+}
+
+/// Applies the recovery Cluster and waits until it is ready, or, when an earlier run
+/// applied it, waits for that Cluster. Then connects with the `<name>-superuser` Secret.
+async fn restore_cnpg_database(
+    step: &DatabaseStep,
+    manifest: &Cluster,
+    req: &StackRequest,
+    kube: &kube::Client,
+) -> Result<RestoredDatabase, String> {
+    let DatabaseTarget::Cnpg { namespace, cluster, service } = &step.into else {
+        return Err(format!("postgres {}: a cnpg restore needs a Cluster", step.name));
+    };
+    let show = req.progress;
+    let mut progress = |line: &str| {
+        if show {
+            eprintln!("postgres {}: {line}", step.name);
+        }
+    };
+    let connection = if step.already_restored {
+        cnpg_restore::wait_existing(kube.clone(), namespace, cluster, req.recovery_timeout, &mut progress).await
+    } else {
+        cnpg_restore::apply_and_wait(kube.clone(), manifest, req.recovery_timeout, &mut progress).await
     }
-    let plan = step.plan.as_ref().expect("a database not yet restored has a plan");
+    .map_err(|e: CnpgError| e.to_string())?;
+    let client = connect_cnpg(&connection).await;
+    let how = if step.already_restored { "restored by an earlier run" } else { "restored" };
+    Ok(RestoredDatabase {
+        detail: format!("{how} into Cluster {namespace}/{cluster}"),
+        switch_over: format!(
+            "postgres {}: point the application at Service {service} in namespace {namespace} (Cluster {cluster}; user, password and database in Secret {})",
+            step.name, connection.secret
+        ),
+        client,
+    })
+}
+
+/// Connects with the details of a `<name>-superuser` Secret.
+async fn connect_cnpg(connection: &cnpg_restore::Connection) -> Result<tokio_postgres::Client, String> {
+    let missing = |key: &str| format!("Secret {} has no {key:?} key", connection.secret);
+    let host = connection.host.as_deref().ok_or_else(|| missing("host"))?;
+    let port_text = connection.port.as_deref().unwrap_or("5432");
+    let port: u16 = port_text
+        .parse()
+        .map_err(|_| format!("Secret {} has the invalid port {port_text:?}", connection.secret))?;
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(host)
+        .port(port)
+        .user(connection.username.as_deref().ok_or_else(|| missing("username"))?)
+        .dbname(connection.dbname.as_deref().unwrap_or("postgres"))
+        .connect_timeout(Duration::from_secs(10));
+    if let Some(password) = connection.password.as_deref().filter(|p| !p.is_empty()) {
+        config.password(password);
+    }
+    let (client, conn) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| format!("cannot connect to {host}:{port} with Secret {}: {e}", connection.secret))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "connection to the restored Cluster ended");
+        }
+    });
+    Ok(client)
+}
+
+async fn restore_database(step: &DatabaseStep, directory: &Path, target: DateTime<Utc>) -> Result<DoneMarker, String> {
+    let DatabaseWork::Local(plan) = &step.work else {
+        return read_marker(directory).ok_or_else(|| format!("{} lost its completion record", directory.display()));
+    };
     let store = ArchiveStore::open(&step.spec.object_store).map_err(|e| e.to_string())?;
     let instance = local::restore(plan, &store).await.map_err(|e| e.to_string())?;
     let marker = DoneMarker {
@@ -521,7 +744,7 @@ async fn restore_database(step: &DatabaseStep, target: DateTime<Utc>) -> Result<
         pid: instance.pid,
         stop_command: instance.stop_command.clone(),
     };
-    let path = step.target.join(DONE_MARKER);
+    let path = directory.join(DONE_MARKER);
     std::fs::write(&path, serde_json::to_vec_pretty(&marker).expect("marker serialises"))
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     Ok(marker)

@@ -25,7 +25,7 @@ pub struct StackArgs {
     /// Restore only these components: a comma-separated list of postgres, buckets and checkpoints.
     #[arg(long, value_name = "LIST", default_value = "postgres,buckets,checkpoints")]
     pub only: String,
-    /// Suffix of restored bucket names (<bucket>-<suffix>) and database directories. Default: restored-<target as YYYYMMDDHHMMSS>.
+    /// Suffix of restored bucket names (<bucket>-<suffix>), database directories and CNPG Cluster names (<cluster>-<suffix>). Default: restored-<target as YYYYMMDDHHMMSS>.
     #[arg(long, value_name = "SUFFIX", conflicts_with = "in_place")]
     pub suffix: Option<String>,
     /// Restore buckets into themselves; a non-empty bucket also needs --overwrite. Databases always go to a new instance.
@@ -40,6 +40,9 @@ pub struct StackArgs {
     /// Directory that receives one <database>-<suffix> directory per restored database (local driver). Default: the current directory.
     #[arg(long, value_name = "DIR")]
     pub databases_to: Option<PathBuf>,
+    /// Kubeconfig file for the `driver: cnpg` databases. Default: KUBECONFIG, ~/.kube/config, or the pod's service account.
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
     /// Seconds to wait for each database's recovery.
     #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
     pub recovery_timeout: u64,
@@ -85,7 +88,13 @@ pub async fn stack(a: StackArgs) -> Result<ExitCode, CliError> {
         recovery_timeout: Duration::from_secs(a.recovery_timeout),
         progress: !a.json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
-    let plan = restore::plan(&policy, &repo, &req).await?;
+    // A dry run contacts no Kubernetes API, so it has no client.
+    let kube = if !a.dry_run && restore::needs_kubernetes(&policy, only) {
+        Some(crate::cnpg::client(a.kubeconfig.as_deref()).await?)
+    } else {
+        None
+    };
+    let plan = restore::plan(&policy, &repo, &req, kube.as_ref()).await?;
     if a.dry_run {
         if a.json {
             println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "plan": plan, "dry_run": true })).expect("plan serialises"));
@@ -104,7 +113,7 @@ pub async fn stack(a: StackArgs) -> Result<ExitCode, CliError> {
         }
         return Err(problems(&plan));
     }
-    let outcome = restore::execute(&policy, repo, &plan, &req).await.map_err(|e| CliError::failed(e.to_string()))?;
+    let outcome = restore::execute(&policy, repo, &plan, &req, kube.as_ref()).await.map_err(|e| CliError::failed(e.to_string()))?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "plan": plan, "outcome": outcome })).expect("outcome serialises"));
     } else {
@@ -135,16 +144,16 @@ fn print_plan(plan: &StackPlan) {
     println!("restore plan to {}", time(plan.target_time));
     for d in &plan.databases {
         if d.already_restored {
-            println!("  postgres {}: already restored into {} by an earlier run", d.name, d.target.display());
+            println!("  postgres {}: already restored into {} by an earlier run", d.name, d.into);
         } else {
             println!(
-                "  postgres {}: base backup {} (ended {}), WAL {} to {}, into a new instance in {}",
+                "  postgres {}: base backup {} (ended {}), WAL {} to {}, into {}",
                 d.name,
                 d.base_backup,
                 time(d.base_backup_end),
                 d.wal_first,
                 d.wal_last,
-                d.target.display()
+                d.into
             );
         }
     }

@@ -45,6 +45,10 @@ pub const SECRET_ACCESS_KEY_KEY: &str = "ACCESS_SECRET_KEY";
 /// within Kubernetes' 63-character label limit.
 pub const MAX_CLUSTER_NAME: usize = 50;
 
+/// Annotation on a recovery Cluster that records its target time and base backup, so that a
+/// rerun of the same restore recognises the Cluster and reuses it.
+pub const RESTORE_TARGET_ANNOTATION: &str = "visage-dr.io/restore-target";
+
 /// Interval of the recovery Job check while waiting for readiness.
 const CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -75,6 +79,17 @@ pub struct Connection {
     pub port: Option<String>,
     pub dbname: Option<String>,
     pub username: Option<String>,
+    /// Never serialised, so that no output shows it.
+    #[serde(skip)]
+    pub password: Option<String>,
+}
+
+impl RestoreSettings {
+    /// Value of [`RESTORE_TARGET_ANNOTATION`] for this restore: the target time and the
+    /// base backup id.
+    pub fn restore_target(&self) -> String {
+        format!("{} backup {}", self.target, self.backup_id)
+    }
 }
 
 /// Builds the recovery Cluster for `spec`.
@@ -128,6 +143,7 @@ pub fn cluster_manifest(spec: &DatabaseSpec, settings: &RestoreSettings) -> Resu
             name: Some(settings.name.clone()),
             namespace: Some(settings.namespace.clone()),
             labels: Some(labels),
+            annotations: Some(BTreeMap::from([(RESTORE_TARGET_ANNOTATION.to_string(), settings.restore_target())])),
             ..ObjectMeta::default()
         },
         spec: ClusterSpec {
@@ -177,6 +193,36 @@ pub async fn apply_and_wait(
         progress(&format!("applied Cluster {namespace}/{name}; waiting for it to become ready"));
         wait_ready(&client, &namespace, &name, timeout, progress).await?;
         read_connection(&client, &namespace, &name).await
+    }
+    .instrument(span)
+    .await
+}
+
+/// Returns the [`RESTORE_TARGET_ANNOTATION`] of the Cluster `namespace/name`: `None` when
+/// no such Cluster exists, `Some("")` when it exists without the annotation.
+pub async fn existing_restore_target(client: &kube::Client, namespace: &str, name: &str) -> Result<Option<String>, CnpgError> {
+    let clusters: Api<Cluster> = Api::namespaced(client.clone(), namespace);
+    let existing = clusters.get_opt(name).await.map_err(CnpgError::api(format!("get Cluster {name}")))?;
+    Ok(existing.map(|cluster| {
+        let annotations = cluster.metadata.annotations.unwrap_or_default();
+        annotations.get(RESTORE_TARGET_ANNOTATION).cloned().unwrap_or_default()
+    }))
+}
+
+/// Waits until the existing Cluster `namespace/name`, applied by an earlier run, is ready,
+/// and returns its connection details. A Cluster that is healthy already returns at once.
+pub async fn wait_existing(
+    client: kube::Client,
+    namespace: &str,
+    name: &str,
+    timeout: Duration,
+    progress: &mut (dyn FnMut(&str) + Send),
+) -> Result<Connection, CnpgError> {
+    let span = info_span!("cnpg.restore", pg.cluster = %name, k8s.namespace = %namespace);
+    async {
+        info!("reusing the recovery Cluster of an earlier run");
+        wait_ready(&client, namespace, name, timeout, progress).await?;
+        read_connection(&client, namespace, name).await
     }
     .instrument(span)
     .await
@@ -310,6 +356,7 @@ async fn read_connection(client: &kube::Client, namespace: &str, cluster: &str) 
         port: field("port"),
         dbname: field("dbname"),
         username: field("username"),
+        password: field("password"),
     })
 }
 
@@ -365,6 +412,8 @@ mod tests {
         let store = cluster.spec.external_clusters[0].barman_object_store.clone().unwrap();
         assert_eq!(store.server_name.as_deref(), Some("app-db"));
         assert!(cluster.spec.backup.is_none());
+        let annotations = cluster.metadata.annotations.unwrap();
+        assert_eq!(annotations[RESTORE_TARGET_ANNOTATION], "2026-05-28T12:00:00.250000Z backup 20260528T110000");
     }
 
     #[test]
