@@ -3,8 +3,8 @@
 //! Garage.
 //!
 //! One source server and one API server are shared by the steps, which run in order and print
-//! their names: a passing run that deletes its scratch Cluster and an expired leftover, a run
-//! with `--keep`, and a restore that never becomes healthy.
+//! their names. The steps are a passing run that deletes its scratch Cluster and an expired
+//! leftover, a run with `--keep`, and a restore that never becomes healthy.
 
 mod common;
 #[path = "common/fake_kube/mod.rs"]
@@ -154,7 +154,7 @@ fn check<'a>(report: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no check {name:?} in {report:#}"))
 }
 
-/// The name of the scratch Cluster that a report's restore check names.
+/// Returns the name of the scratch Cluster in the details of a report's restore check.
 fn cluster_of(report: &Value) -> String {
     let details = check(report, "restore app")["details"].as_str().unwrap();
     let start = details.find("visage-dr-verify-").unwrap_or_else(|| panic!("no Cluster name in {details}"));

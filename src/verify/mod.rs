@@ -9,8 +9,9 @@
 //!    the target time ([`target`]): by default a random instant inside the window that every
 //!    component can be restored to;
 //! 3. restores each database into a scratch instance, through the local driver or as a
-//!    scratch CNPG Cluster ([`crate::cnpg::scratch`]), and runs the database checks on it ([`database`]), restores a sample of each bucket's snapshot and
-//!    the newest checkpoint of each job into scratch files ([`objects`]);
+//!    scratch CNPG Cluster ([`crate::cnpg::scratch`]), and runs the database checks on it
+//!    ([`database`]). It restores a sample of each bucket's snapshot and the newest
+//!    checkpoint of each job into scratch files ([`objects`]);
 //! 4. tears down the scratch instances and directories, on success, failure, timeout and
 //!    termination signal alike, unless `--keep` (steps 3 and 4 are in `phase.rs`);
 //! 5. records the verified snapshots under `catalogue/verified/` and stores the report under

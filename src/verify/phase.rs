@@ -47,7 +47,7 @@ pub(super) struct Context<'a> {
     pub(super) kube: Option<&'a KubeScratch>,
 }
 
-/// Where cnpg databases are restored: the API client and `verification.scratch_namespace`.
+/// Kubernetes target of cnpg restores: the API client and `verification.scratch_namespace`.
 pub(super) struct KubeScratch {
     pub(super) client: kube::Client,
     pub(super) namespace: String,
