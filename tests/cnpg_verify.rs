@@ -4,7 +4,8 @@
 //!
 //! One source server and one API server are shared by the steps, which run in order and print
 //! their names. The steps are a passing run that deletes its scratch Cluster and an expired
-//! leftover, a run with `--keep`, and a restore that never becomes healthy.
+//! leftover, a run with `--keep`, a restore that becomes unrecoverable, one that times out,
+//! and a run stopped by SIGTERM while it waits.
 
 mod common;
 #[path = "common/fake_kube/mod.rs"]
@@ -276,7 +277,46 @@ async fn cnpg_verify_scratch_clusters() {
     assert!(kube.store.get(CLUSTERS, NAMESPACE, &failed_name).is_none(), "the failed scratch Cluster {failed_name} was not deleted");
     assert_eq!(scratch_clusters(&kube), ["visage-dr-verify-20261205t020000z"]);
 
+    // Without the operator no Cluster ever gets a status, so a run waits until its timeout.
     operator.shutdown().await;
+    let short_policy = work.path().join("policy-short.yaml");
+    let short_text = std::fs::read_to_string(&policy).unwrap().replace("timeout: 2min", "timeout: 6s");
+    std::fs::write(&short_policy, short_text).unwrap();
+    let short_policy = short_policy.to_str().unwrap();
+
+    step("restore that times out");
+    let (code, stdout, stderr) = run(&["verify", "--policy", short_policy, "--target-time", &target, "--kubeconfig", &kubeconfig, "--json"]);
+    assert_eq!(code, 1, "{stderr}\n{stdout}");
+    let output: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let report = &output["report"];
+    let failure = report["failure"].as_str().unwrap();
+    assert!(failure.contains("not ready after") || failure.contains("did not finish within verification.timeout"), "{failure}");
+    assert_eq!(check(report, "teardown")["result"], "pass", "{report:#}");
+    assert_eq!(scratch_clusters(&kube), ["visage-dr-verify-20261205t020000z"], "the timed-out scratch Cluster was not deleted");
+
+    step("SIGTERM while waiting for the scratch Cluster");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_visage-dr"))
+        .args(["verify", "--policy", &policy, "--target-time", &target, "--kubeconfig", &kubeconfig, "--json"])
+        .env_remove("VISAGE_DR_REPO")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while scratch_clusters(&kube).len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "verify created no scratch Cluster within 30 s");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let status = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success(), "kill -TERM failed");
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}\n{stdout}");
+    let output: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let report = &output["report"];
+    assert!(check(report, "run")["details"].as_str().unwrap().contains("interrupted by SIGTERM"), "{report:#}");
+    assert_eq!(check(report, "teardown")["result"], "pass", "{report:#}");
+    assert_eq!(scratch_clusters(&kube), ["visage-dr-verify-20261205t020000z"], "the interrupted run left its scratch Cluster");
 }
 
 #[test]
