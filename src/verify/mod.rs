@@ -204,7 +204,8 @@ async fn run(
     let kube = connect_kube(policy, verification, options, started).await?;
     let archives = read_archives(policy).await?;
     let lock = repo.lock(LockKind::Shared, "verify").await?;
-    let result = run_locked(policy, &repo, options, interrupted, &archives, kube.as_ref(), clock, started).await;
+    let prepared = Prepared { archives: &archives, kube: kube.as_ref() };
+    let result = run_locked(policy, &repo, options, interrupted, prepared, clock, started).await;
     if let Err(e) = lock.release().await {
         warn!(error = %e, "could not remove the repository lock; it turns stale by itself");
     }
@@ -246,6 +247,12 @@ struct Locked {
     kept_clusters: Vec<KeptCluster>,
 }
 
+/// Archives and the Kubernetes client, read and connected before the repository lock.
+struct Prepared<'a> {
+    archives: &'a HashMap<String, Archive>,
+    kube: Option<&'a KubeScratch>,
+}
+
 /// Connects to Kubernetes when a database uses driver cnpg, and deletes the scratch Clusters
 /// of earlier runs whose time-to-live has passed.
 async fn connect_kube(
@@ -276,11 +283,11 @@ async fn run_locked(
     repo: &Arc<Repository>,
     options: &VerifyOptions,
     interrupted: impl Future<Output = &'static str>,
-    archives: &HashMap<String, Archive>,
-    kube: Option<&KubeScratch>,
+    prepared: Prepared<'_>,
     clock: Instant,
     started: DateTime<Utc>,
 ) -> Result<Locked, VerifyError> {
+    let Prepared { archives, kube } = prepared;
     let verification = policy.verification.as_ref().ok_or(VerifyError::NoVerification)?;
     let scratch_dir = verification.scratch_dir.as_ref().ok_or(VerifyError::NoScratchDir)?;
     // A prune may have run since the repository was opened; the lock keeps the next one out.
