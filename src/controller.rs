@@ -329,7 +329,8 @@ async fn run_job(policy: &Policy, repo: &Arc<Repository>, job: &PlannedJob, slot
 /// Runs a restore verification to a random instant of the recoverable window and stores its
 /// report; a failed verification fails the job.
 async fn verification_job(policy: &Policy, repo: &Arc<Repository>, report: &mut JobReport) -> Result<(), String> {
-    let options = verify::VerifyOptions { target: verify::TargetRequest::Random, keep: false, report_dir: None };
+    let options =
+        verify::VerifyOptions { target: verify::TargetRequest::Random, keep: false, report_dir: None, kubeconfig: None };
     let outcome = verify::verify(policy, repo.clone(), &options, verify::termination_signal()).await.map_err(|e| e.to_string())?;
     report.ids.push(outcome.report.id.to_string());
     match outcome.report.failure {

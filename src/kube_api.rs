@@ -29,7 +29,8 @@ pub const BARMAN_CLOUD_GROUP: &str = "barmancloud.cnpg.io";
 /// The calls of the `cnpg` driver. Backups: create one per slot, get it after a 409 on a
 /// rerun, list and watch while waiting, delete stale and expired ones. Clusters: `get` to
 /// check that a recovery cluster's name is free, server-side apply (`patch`), list and watch
-/// while waiting. The source Cluster's `retentionPolicy` is read with `get`, and so is a
+/// while waiting. Verification's scratch Clusters: server-side apply (`patch`), `get` while
+/// waiting, `list` by label to find expired ones, and `delete`. The source Cluster's `retentionPolicy` is read with `get`, and so is a
 /// plugin ObjectStore's. Pods: `get` of the pod a backup runs on, `list` of the recovery Job's
 /// pods and their log. Jobs: `get` of the recovery Job. Secrets: `get` of a restored
 /// cluster's `<name>-superuser` Secret.
@@ -43,6 +44,7 @@ pub const API_CALLS: &[ApiCall] = &[
     call(CNPG_GROUP, "clusters", "list"),
     call(CNPG_GROUP, "clusters", "watch"),
     call(CNPG_GROUP, "clusters", "patch"),
+    call(CNPG_GROUP, "clusters", "delete"),
     call(BARMAN_CLOUD_GROUP, "objectstores", "get"),
     call("", "pods", "get"),
     call("", "pods", "list"),

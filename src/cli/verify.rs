@@ -46,6 +46,10 @@ pub struct VerifyArgs {
     /// Print the report and the file locations as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Kubeconfig for the scratch Clusters of cnpg databases; defaults to KUBECONFIG,
+    /// ~/.kube/config or the pod's service account.
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// List past verification runs with their outcome, newest first.
@@ -71,7 +75,10 @@ pub struct ReportsArgs {
 impl From<VerifyError> for CliError {
     fn from(e: VerifyError) -> Self {
         match e {
-            VerifyError::NoVerification | VerifyError::NoScratchDir | VerifyError::InvalidTarget { .. } => {
+            VerifyError::NoVerification
+            | VerifyError::NoScratchDir
+            | VerifyError::NoScratchNamespace { .. }
+            | VerifyError::InvalidTarget { .. } => {
                 CliError::usage(e.to_string())
             }
             VerifyError::Repo(r) => r.into(),
@@ -111,7 +118,8 @@ pub async fn verify(a: VerifyArgs) -> Result<ExitCode, CliError> {
         return Err(VerifyError::NoVerification.into());
     }
     let repo: Arc<Repository> = open_policy_repo(&policy).await?;
-    let options = VerifyOptions { target: request, keep: a.keep, report_dir: a.report_dir.clone() };
+    let options =
+        VerifyOptions { target: request, keep: a.keep, report_dir: a.report_dir.clone(), kubeconfig: a.kubeconfig.clone() };
     let outcome = verify::verify(&policy, repo, &options, verify::termination_signal()).await?;
     let report = &outcome.report;
 
@@ -129,6 +137,12 @@ pub async fn verify(a: VerifyArgs) -> Result<ExitCode, CliError> {
                 kept.user,
                 kept.dbname,
                 kept.stop_command
+            );
+        }
+        for kept in &outcome.kept_clusters {
+            println!(
+                "kept {}: Cluster {}/{}; delete it with: kubectl delete cluster -n {} {}",
+                kept.database, kept.namespace, kept.name, kept.namespace, kept.name
             );
         }
         for file in &outcome.files {

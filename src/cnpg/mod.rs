@@ -6,6 +6,7 @@
 //! - [`backup`]: one scheduled backup: queue checks, creation, the wait, the catalogue
 //!   record, and retention of Backup resources.
 //! - [`restore`]: recovery Cluster manifests, server-side apply and the wait for readiness.
+//! - [`scratch`]: the scratch Clusters of `visage-dr verify`, their expiry and deletion.
 //!
 //! Every Kubernetes API call made here is listed in [`crate::kube_api`].
 
@@ -13,6 +14,7 @@ pub mod backup;
 pub mod phase;
 pub mod resources;
 pub mod restore;
+pub mod scratch;
 
 use std::path::{Path, PathBuf};
 

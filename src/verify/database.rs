@@ -27,13 +27,23 @@ const LISTED_REFERENCES: usize = 20;
 /// Connects to a restored instance through its Unix socket.
 pub async fn connect(socket_dir: &Path, port: u16, user: &str, dbname: &str, password: Option<&str>) -> Result<Client, String> {
     let mut config = tokio_postgres::Config::new();
-    config
-        .host_path(socket_dir)
-        .port(port)
-        .user(user)
-        .dbname(dbname)
-        .application_name("visage-dr verify")
-        .connect_timeout(Duration::from_secs(10));
+    config.host_path(socket_dir).port(port);
+    finish_connect(config, user, dbname, password).await
+}
+
+/// Connects to a restored instance over TCP, such as a scratch CNPG cluster's service.
+///
+/// NOTE: the connection does not use TLS. CNPG's default `pg_hba` accepts unencrypted
+/// password logins, but a cluster whose `pg_hba` only allows `hostssl` rejects this; TLS with
+/// the CA of the `<cluster>-ca` Secret is not implemented yet.
+pub async fn connect_tcp(host: &str, port: u16, user: &str, dbname: &str, password: Option<&str>) -> Result<Client, String> {
+    let mut config = tokio_postgres::Config::new();
+    config.host(host).port(port);
+    finish_connect(config, user, dbname, password).await
+}
+
+async fn finish_connect(mut config: tokio_postgres::Config, user: &str, dbname: &str, password: Option<&str>) -> Result<Client, String> {
+    config.user(user).dbname(dbname).application_name("visage-dr verify").connect_timeout(Duration::from_secs(10));
     if let Some(password) = password {
         config.password(password);
     }

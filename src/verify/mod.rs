@@ -3,14 +3,15 @@
 //! write a report.
 //!
 //! A run, in order:
-//! 1. removes scratch directories of earlier runs whose time-to-live has passed
-//!    ([`scratch::remove_expired`]);
+//! 1. removes scratch directories and scratch Clusters of earlier runs whose time-to-live
+//!    has passed ([`scratch::remove_expired`], [`crate::cnpg::scratch::remove_expired`]);
 //! 2. reads each database's barman-cloud archive and the repository's manifests, and chooses
 //!    the target time ([`target`]): by default a random instant inside the window that every
 //!    component can be restored to;
-//! 3. restores each database with the local driver into a scratch instance and runs the
-//!    database checks on it ([`database`]), restores a sample of each bucket's snapshot and
-//!    the newest checkpoint of each job into scratch files ([`objects`]);
+//! 3. restores each database into a scratch instance, through the local driver or as a
+//!    scratch CNPG Cluster ([`crate::cnpg::scratch`]), and runs the database checks on it
+//!    ([`database`]). It restores a sample of each bucket's snapshot and the newest
+//!    checkpoint of each job into scratch files ([`objects`]);
 //! 4. tears down the scratch instances and directories, on success, failure, timeout and
 //!    termination signal alike, unless `--keep` (steps 3 and 4 are in `phase.rs`);
 //! 5. records the verified snapshots under `catalogue/verified/` and stores the report under
@@ -36,7 +37,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::id::ReportId;
-use crate::policy::{Bucket, Policy};
+use crate::cnpg::{self, CnpgError};
+use crate::policy::{Bucket, Policy, Verification};
 use crate::postgres::catalogue::{Catalogue, PlanError};
 use crate::postgres::config::Driver;
 use crate::postgres::store::{ArchiveStore, StoreError};
@@ -49,7 +51,7 @@ use crate::sources::checkpoint::CheckpointRecord;
 
 use assemble::{build_report, record_verified, store_report, BuildInput};
 pub use metrics::{VerifyMetrics, METRICS_HISTORY};
-use phase::{check_phase, teardown, Context, RunState};
+use phase::{check_phase, teardown, Context, KubeScratch, RunState};
 use scratch::{ScratchError, ScratchRun};
 
 /// Errors that stop a run before it restores anything. A run that got as far as restoring
@@ -58,12 +60,16 @@ use scratch::{ScratchError, ScratchRun};
 pub enum VerifyError {
     #[error("the policy has no `verification` section; add one with a schedule, scratch_dir and timeout (docs/verification.md)")]
     NoVerification,
-    #[error("`verification.scratch_dir` is not set, and verify restores into a local directory; set it to an absolute path with room for a copy of each database")]
+    #[error("`verification.scratch_dir` is not set, and verify restores local-driver databases, sample objects and checkpoints into it; set it to an absolute path with room for a copy of each local database")]
     NoScratchDir,
     #[error("cannot read the barman-cloud archive of database {database:?}: {error}")]
     Archive { database: String, error: Box<StoreError> },
     #[error("--target-time cannot be used for database {database:?}: {error}")]
     InvalidTarget { database: String, error: Box<PlanError> },
+    #[error("database {database:?} uses driver cnpg, but `verification.scratch_namespace` is not set; set it to a namespace where visage-dr may create and delete CNPG Clusters")]
+    NoScratchNamespace { database: String },
+    #[error(transparent)]
+    Kubernetes(#[from] CnpgError),
     #[error(transparent)]
     Window(#[from] target::WindowError),
     #[error(transparent)]
@@ -93,6 +99,9 @@ pub struct VerifyOptions {
     pub keep: bool,
     /// A directory that receives a copy of the report files.
     pub report_dir: Option<PathBuf>,
+    /// Kubeconfig for the scratch Clusters of cnpg databases; `None` uses `KUBECONFIG`,
+    /// `~/.kube/config` or the pod's service account.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// A scratch instance left running by `--keep`.
@@ -107,6 +116,14 @@ pub struct KeptInstance {
     pub stop_command: String,
 }
 
+/// A scratch Cluster left in place by `--keep`.
+#[derive(Debug, Clone)]
+pub struct KeptCluster {
+    pub database: String,
+    pub namespace: String,
+    pub name: String,
+}
+
 /// The result of a run that produced a report.
 #[derive(Debug, Clone)]
 pub struct VerifyOutcome {
@@ -114,6 +131,7 @@ pub struct VerifyOutcome {
     /// Locations of the report files: the repository's, then `report_dir`'s.
     pub files: Vec<String>,
     pub kept: Vec<KeptInstance>,
+    pub kept_clusters: Vec<KeptCluster>,
 }
 
 /// Formats a time as RFC 3339 in UTC to the millisecond.
@@ -183,13 +201,15 @@ async fn run(
         info!(scratch.removed = removed, "expired scratch directories of earlier runs removed");
     }
 
+    let kube = connect_kube(policy, verification, options, started).await?;
     let archives = read_archives(policy).await?;
     let lock = repo.lock(LockKind::Shared, "verify").await?;
-    let result = run_locked(policy, &repo, options, interrupted, &archives, clock, started).await;
+    let prepared = Prepared { archives: &archives, kube: kube.as_ref() };
+    let result = run_locked(policy, &repo, options, interrupted, prepared, clock, started).await;
     if let Err(e) = lock.release().await {
         warn!(error = %e, "could not remove the repository lock; it turns stale by itself");
     }
-    let Locked { choice, state, run_dir, bucket_snapshots, checkpoints, checks_done, kept } = result?;
+    let Locked { choice, state, run_dir, bucket_snapshots, checkpoints, checks_done, kept, kept_clusters } = result?;
 
     let finished = Utc::now();
     let report = build_report(BuildInput {
@@ -211,7 +231,7 @@ async fn run(
         Outcome::Pass => info!(verify.result = "pass", "verification passed"),
         Outcome::Fail => warn!(verify.result = "fail", verify.failure = report.failure.as_deref().unwrap_or(""), "verification failed"),
     }
-    Ok(VerifyOutcome { report, files, kept })
+    Ok(VerifyOutcome { report, files, kept, kept_clusters })
 }
 
 /// Results of the part of a run under the repository lock, for the report.
@@ -224,6 +244,36 @@ struct Locked {
     /// Seconds from the start of the run until the check phase ended.
     checks_done: f64,
     kept: Vec<KeptInstance>,
+    kept_clusters: Vec<KeptCluster>,
+}
+
+/// Archives and the Kubernetes client, read and connected before the repository lock.
+struct Prepared<'a> {
+    archives: &'a HashMap<String, Archive>,
+    kube: Option<&'a KubeScratch>,
+}
+
+/// Connects to Kubernetes when a database uses driver cnpg, and deletes the scratch Clusters
+/// of earlier runs whose time-to-live has passed.
+async fn connect_kube(
+    policy: &Policy,
+    verification: &Verification,
+    options: &VerifyOptions,
+    started: DateTime<Utc>,
+) -> Result<Option<KubeScratch>, VerifyError> {
+    let Some(first) = policy.postgres.iter().find(|d| d.spec.driver == Driver::Cnpg) else {
+        return Ok(None);
+    };
+    let namespace = verification
+        .scratch_namespace
+        .clone()
+        .ok_or_else(|| VerifyError::NoScratchNamespace { database: first.spec.name.clone() })?;
+    let client = cnpg::client(options.kubeconfig.as_deref()).await?;
+    let removed = cnpg::scratch::remove_expired(&client, &namespace, started).await?;
+    if !removed.is_empty() {
+        info!(k8s.namespace = %namespace, scratch.removed = removed.len(), "expired scratch Clusters of earlier runs deleted: {}", removed.join(", "));
+    }
+    Ok(Some(KubeScratch { client, namespace }))
 }
 
 /// Chooses the target, restores, checks and tears down. The caller holds a shared repository
@@ -233,10 +283,11 @@ async fn run_locked(
     repo: &Arc<Repository>,
     options: &VerifyOptions,
     interrupted: impl Future<Output = &'static str>,
-    archives: &HashMap<String, Archive>,
+    prepared: Prepared<'_>,
     clock: Instant,
     started: DateTime<Utc>,
 ) -> Result<Locked, VerifyError> {
+    let Prepared { archives, kube } = prepared;
     let verification = policy.verification.as_ref().ok_or(VerifyError::NoVerification)?;
     let scratch_dir = verification.scratch_dir.as_ref().ok_or(VerifyError::NoScratchDir)?;
     // A prune may have run since the repository was opened; the lock keeps the next one out.
@@ -272,6 +323,9 @@ async fn run_locked(
         bucket_snapshots: &bucket_snapshots,
         checkpoints: &checkpoints,
         keep: options.keep,
+        started,
+        expires: run_dir.marker.expires,
+        kube,
     };
 
     let mut state = RunState::default();
@@ -304,14 +358,15 @@ async fn run_locked(
         None => {}
     }
 
-    let kept = teardown(&mut state, &mut run_dir, options.keep).await;
-    Ok(Locked { choice, state, run_dir, bucket_snapshots, checkpoints, checks_done, kept })
+    let (kept, kept_clusters) = teardown(&mut state, &mut run_dir, kube, options.keep).await;
+    Ok(Locked { choice, state, run_dir, bucket_snapshots, checkpoints, checks_done, kept, kept_clusters })
 }
 
-/// Reads the archive catalogue of every local-driver database.
+/// Reads the archive catalogue of every database. A cnpg database's archive is read with the
+/// policy's `object_store` credentials, to choose the base backup that the scratch Cluster pins.
 async fn read_archives(policy: &Policy) -> Result<HashMap<String, Archive>, VerifyError> {
     let mut archives = HashMap::new();
-    for database in policy.postgres.iter().filter(|d| d.spec.driver == Driver::Local) {
+    for database in &policy.postgres {
         let name = &database.spec.name;
         let archive_error = |error| VerifyError::Archive { database: name.clone(), error: Box::new(error) };
         let store = ArchiveStore::open(&database.spec.object_store).map_err(archive_error)?;

@@ -11,7 +11,9 @@ use tokio_postgres::Client;
 use tracing::{info, info_span, warn, Instrument};
 
 use super::scratch::{self, ScratchRun};
-use super::{database, objects, Archive, KeptInstance};
+use super::{database, objects, Archive, KeptCluster, KeptInstance};
+use crate::cnpg::restore::RestoreSettings;
+use crate::cnpg::scratch as cnpg_scratch;
 use crate::policy::{Bucket, Database, Policy, Verification};
 use crate::postgres::config::Driver;
 use crate::postgres::local::{self, LocalError, RestoreRequest, RestoredInstance, Tools};
@@ -37,6 +39,26 @@ pub(super) struct Context<'a> {
     /// The checkpoint chosen for the target, per job.
     pub(super) checkpoints: &'a [CheckpointRecord],
     pub(super) keep: bool,
+    /// Start of the run, which names the scratch Clusters.
+    pub(super) started: DateTime<Utc>,
+    /// Expiry of the run's scratch resources.
+    pub(super) expires: DateTime<Utc>,
+    /// Kubernetes client and scratch namespace, when the policy has a cnpg database.
+    pub(super) kube: Option<&'a KubeScratch>,
+}
+
+/// Kubernetes target of cnpg restores: the API client and `verification.scratch_namespace`.
+pub(super) struct KubeScratch {
+    pub(super) client: kube::Client,
+    pub(super) namespace: String,
+}
+
+/// A scratch Cluster created by this run, recorded before it is applied so that the
+/// teardown deletes it even when the run stops while waiting for it.
+pub(super) struct ScratchCluster {
+    pub(super) database: String,
+    pub(super) namespace: String,
+    pub(super) name: String,
 }
 
 /// Results of the check phase. They live outside the phase's future, so that a timeout or
@@ -46,6 +68,7 @@ pub(super) struct RunState {
     pub(super) checks: Vec<CheckReport>,
     pub(super) databases: Vec<DatabaseReport>,
     pub(super) instances: Vec<(String, RestoredInstance)>,
+    pub(super) clusters: Vec<ScratchCluster>,
     pub(super) clients: HashMap<String, Arc<Client>>,
     /// Objects restored per bucket name.
     pub(super) sampled: HashMap<String, u64>,
@@ -108,89 +131,167 @@ pub(super) async fn check_phase(context: &Context<'_>, state: &mut RunState) {
     }
 }
 
-/// Restores one database into the run's scratch directory and connects to it.
+/// Restores one database through its driver and connects to it.
 pub(super) async fn restore_database(context: &Context<'_>, database: &Database, state: &mut RunState) {
     let name = &database.spec.name;
     let component = database_component(name);
     let check = format!("restore {name}");
     let started = Instant::now();
     let span = info_span!("verify.restore", pg.database = %name);
-    let outcome = async {
-        if database.spec.driver != Driver::Local {
-            // TODO: restore cnpg databases into a scratch Cluster in scratch_namespace.
-            return Err(format!(
-                "database {name} uses driver cnpg, which verify cannot restore yet; only driver local databases are verified"
-            ));
-        }
-        let archive = context.archives.get(name).expect("every local database's archive was read");
-        let remaining = context.deadline.saturating_duration_since(Instant::now());
-        let request = RestoreRequest {
-            target: context.target,
-            to_end_of_archive: context.to_end_of_archive,
-            into: context.run_dir.join(format!("pg-{}", scratch::file_name(name))),
-            port: None,
-            timeout: remaining,
-        };
-        let plan = local::plan_restore(&database.spec, &Tools::from_env(), &archive.store, &archive.catalogue, &request, Utc::now())
-            .map_err(|e| match e {
-                // The local driver's advice names --into, which verify does not have.
-                LocalError::SocketPathTooLong { path } => format!(
-                    "the Unix socket path under {} would be longer than PostgreSQL accepts (107 bytes); choose a shorter verification.scratch_dir",
-                    path.display()
-                ),
-                other => other.to_string(),
-            })?;
-        let mut report = DatabaseReport {
-            name: name.clone(),
-            driver: "local".into(),
-            backup_id: Some(plan.plan.backup.id.to_string()),
-            backup_end_time: Some(plan.plan.backup.end_time),
-            wal_first: Some(plan.plan.wal_first.to_string()),
-            wal_last: Some(plan.plan.wal_last.to_string()),
-            timeline: Some(plan.plan.timeline),
-            to_end_of_archive: plan.recover_to_end_of_archive,
-            ready_seconds: None,
-            newest_change: None,
-            port: Some(plan.port),
-            pid: None,
-        };
-        let restored = local::restore(&plan, &archive.store).await;
-        let instance = match restored {
-            Ok(instance) => instance,
-            Err(e) => {
-                state.databases.push(report);
-                let note = if context.keep { "" } else { " (teardown removes the log; run with --keep to inspect it)" };
-                return Err(format!("the restore did not become ready: {e}{note}"));
-            }
-        };
-        report.ready_seconds = Some(context.clock.elapsed().as_secs_f64());
-        report.pid = Some(instance.pid);
-        let password = match database.spec.connection.as_ref().and_then(|c| c.password_file.as_ref()) {
-            Some(path) => Some(
-                std::fs::read_to_string(path)
-                    .map_err(|e| format!("cannot read the password file {}: {e}", path.display()))?
-                    .trim_end_matches(['\n', '\r'])
-                    .to_owned(),
-            ),
-            None => None,
-        };
-        let connected =
-            database::connect(&instance.socket_dir, instance.port, &instance.user, &instance.dbname, password.as_deref()).await;
-        let details = format!(
-            "base backup {} restored and recovered to {} in {}; the instance listens on 127.0.0.1:{}",
-            plan.plan.backup.id,
-            if plan.recover_to_end_of_archive { "the end of the archive".to_owned() } else { context.target.to_string() },
-            report::duration_text(started.elapsed().as_secs_f64()),
-            instance.port
-        );
-        state.databases.push(report);
-        state.instances.push((name.clone(), instance));
-        state.clients.insert(name.clone(), Arc::new(connected?));
-        Ok(details)
-    }
-    .instrument(span)
-    .await;
+    let outcome = match database.spec.driver {
+        Driver::Local => restore_local(context, database, state, started).instrument(span).await,
+        Driver::Cnpg => restore_cnpg(context, database, state, started).instrument(span).await,
+    };
     state.record(check, &component, started, outcome);
+}
+
+/// Restores a local-driver database into the run's scratch directory and connects to it.
+async fn restore_local(context: &Context<'_>, database: &Database, state: &mut RunState, started: Instant) -> Result<String, String> {
+    let name = &database.spec.name;
+    let archive = context.archives.get(name).expect("every local database's archive was read");
+    let remaining = context.deadline.saturating_duration_since(Instant::now());
+    let request = RestoreRequest {
+        target: context.target,
+        to_end_of_archive: context.to_end_of_archive,
+        into: context.run_dir.join(format!("pg-{}", scratch::file_name(name))),
+        port: None,
+        timeout: remaining,
+    };
+    let plan = local::plan_restore(&database.spec, &Tools::from_env(), &archive.store, &archive.catalogue, &request, Utc::now())
+        .map_err(|e| match e {
+            // The local driver's advice names --into, which verify does not have.
+            LocalError::SocketPathTooLong { path } => format!(
+                "the Unix socket path under {} would be longer than PostgreSQL accepts (107 bytes); choose a shorter verification.scratch_dir",
+                path.display()
+            ),
+            other => other.to_string(),
+        })?;
+    let mut report = DatabaseReport {
+        name: name.clone(),
+        driver: "local".into(),
+        backup_id: Some(plan.plan.backup.id.to_string()),
+        backup_end_time: Some(plan.plan.backup.end_time),
+        wal_first: Some(plan.plan.wal_first.to_string()),
+        wal_last: Some(plan.plan.wal_last.to_string()),
+        timeline: Some(plan.plan.timeline),
+        to_end_of_archive: plan.recover_to_end_of_archive,
+        ready_seconds: None,
+        newest_change: None,
+        port: Some(plan.port),
+        pid: None,
+    };
+    let restored = local::restore(&plan, &archive.store).await;
+    let instance = match restored {
+        Ok(instance) => instance,
+        Err(e) => {
+            state.databases.push(report);
+            let note = if context.keep { "" } else { " (teardown removes the log; run with --keep to inspect it)" };
+            return Err(format!("the restore did not become ready: {e}{note}"));
+        }
+    };
+    report.ready_seconds = Some(context.clock.elapsed().as_secs_f64());
+    report.pid = Some(instance.pid);
+    let password = match database.spec.connection.as_ref().and_then(|c| c.password_file.as_ref()) {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read the password file {}: {e}", path.display()))?
+                .trim_end_matches(['\n', '\r'])
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let connected =
+        database::connect(&instance.socket_dir, instance.port, &instance.user, &instance.dbname, password.as_deref()).await;
+    let details = format!(
+        "base backup {} restored and recovered to {} in {}; the instance listens on 127.0.0.1:{}",
+        plan.plan.backup.id,
+        if plan.recover_to_end_of_archive { "the end of the archive".to_owned() } else { context.target.to_string() },
+        report::duration_text(started.elapsed().as_secs_f64()),
+        instance.port
+    );
+    state.databases.push(report);
+    state.instances.push((name.clone(), instance));
+    state.clients.insert(name.clone(), Arc::new(connected?));
+    Ok(details)
+}
+
+/// Restores a cnpg database into a scratch Cluster in the scratch namespace and connects to
+/// it through the Cluster's superuser Secret.
+async fn restore_cnpg(context: &Context<'_>, database: &Database, state: &mut RunState, started: Instant) -> Result<String, String> {
+    let name = &database.spec.name;
+    let kube = context.kube.expect("the run has a Kubernetes client when a database uses driver cnpg");
+    let archive = context.archives.get(name).expect("every database's archive was read");
+    let plan = archive
+        .catalogue
+        .select_base_backup(context.target.as_datetime(), Utc::now(), context.to_end_of_archive)
+        .map_err(|e| e.to_string())?;
+    let index = context
+        .policy
+        .postgres
+        .iter()
+        .filter(|d| d.spec.driver == Driver::Cnpg)
+        .position(|d| d.spec.name == *name)
+        .unwrap_or(0);
+    let cluster_name = cnpg_scratch::scratch_name(context.started, index);
+    let (storage_size, image_name) = cnpg_scratch::source_settings(&kube.client, &database.spec).await.map_err(|e| e.to_string())?;
+    let settings = RestoreSettings {
+        name: cluster_name.clone(),
+        namespace: kube.namespace.clone(),
+        target: context.target,
+        recover_to_end_of_archive: plan.stops_at_end_of_archive,
+        backup_id: plan.backup.id.to_string(),
+        instances: 1,
+        storage_size,
+        image_name,
+    };
+    let manifest = cnpg_scratch::scratch_manifest(&database.spec, &settings, context.expires).map_err(|e| e.to_string())?;
+    let mut report = DatabaseReport {
+        name: name.clone(),
+        driver: "cnpg".into(),
+        backup_id: Some(plan.backup.id.to_string()),
+        backup_end_time: Some(plan.backup.end_time),
+        wal_first: Some(plan.wal_first.to_string()),
+        wal_last: Some(plan.wal_last.to_string()),
+        timeline: Some(plan.timeline),
+        to_end_of_archive: plan.stops_at_end_of_archive,
+        ready_seconds: None,
+        newest_change: None,
+        port: None,
+        pid: None,
+    };
+    state.clusters.push(ScratchCluster { database: name.clone(), namespace: kube.namespace.clone(), name: cluster_name.clone() });
+    let remaining = context.deadline.saturating_duration_since(Instant::now());
+    let connection = match cnpg_scratch::create_and_wait(&kube.client, &manifest, remaining).await {
+        Ok(connection) => connection,
+        Err(e) => {
+            state.databases.push(report);
+            let note = if context.keep { "" } else { " (teardown deletes the Cluster; run with --keep to inspect it)" };
+            return Err(format!("the restore did not become ready: {e}{note}"));
+        }
+    };
+    report.ready_seconds = Some(context.clock.elapsed().as_secs_f64());
+    report.port = Some(connection.port);
+    state.databases.push(report);
+    let client = database::connect_tcp(
+        &connection.host,
+        connection.port,
+        &connection.user,
+        &connection.dbname,
+        connection.password.as_deref(),
+    )
+    .await?;
+    state.clients.insert(name.clone(), Arc::new(client));
+    Ok(format!(
+        "base backup {} restored into Cluster {}/{} and recovered to {} in {}; connected to {}:{} with Secret {}",
+        plan.backup.id,
+        kube.namespace,
+        cluster_name,
+        if plan.stops_at_end_of_archive { "the end of the archive".to_owned() } else { context.target.to_string() },
+        report::duration_text(started.elapsed().as_secs_f64()),
+        connection.host,
+        connection.port,
+        connection.secret
+    ))
 }
 
 /// Runs the checks of the policy on one restored database. Checks of a database that was not
@@ -338,7 +439,12 @@ pub(super) async fn check_checkpoint(context: &Context<'_>, checkpoint: &Checkpo
 
 /// Stops the scratch instances and removes the run directory, unless `keep`. Returns the
 /// instances left running.
-pub(super) async fn teardown(state: &mut RunState, run_dir: &mut ScratchRun, keep: bool) -> Vec<KeptInstance> {
+pub(super) async fn teardown(
+    state: &mut RunState,
+    run_dir: &mut ScratchRun,
+    kube: Option<&KubeScratch>,
+    keep: bool,
+) -> (Vec<KeptInstance>, Vec<KeptCluster>) {
     let started = Instant::now();
     state.clients.clear();
     if keep {
@@ -357,8 +463,17 @@ pub(super) async fn teardown(state: &mut RunState, run_dir: &mut ScratchRun, kee
         if let Err(e) = run_dir.keep(Utc::now()) {
             warn!(error = %e, "could not extend the time-to-live of the kept scratch directory");
         }
+        let mut kept_clusters = Vec::new();
+        for cluster in state.clusters.drain(..) {
+            if let Some(kube) = kube {
+                if let Err(e) = cnpg_scratch::set_expiry(&kube.client, &cluster.namespace, &cluster.name, run_dir.marker.expires).await {
+                    warn!(pg.cluster = %cluster.name, error = %e, "ignoring a failed expiry update of the kept scratch Cluster; a run after its first expiry deletes it");
+                }
+            }
+            kept_clusters.push(KeptCluster { database: cluster.database, namespace: cluster.namespace, name: cluster.name });
+        }
         info!(scratch.path = %run_dir.path.display(), scratch.expires = %run_dir.marker.expires, "scratch resources kept");
-        return kept;
+        return (kept, kept_clusters);
     }
     let mut problems = Vec::new();
     for (database, instance) in state.instances.drain(..) {
@@ -367,15 +482,24 @@ pub(super) async fn teardown(state: &mut RunState, run_dir: &mut ScratchRun, kee
             warn!(pg.database = %database, error = %e, "pg_ctl stop failed; stopping the instance by signal");
         }
     }
+    let mut deleted = Vec::new();
+    for cluster in state.clusters.drain(..) {
+        let Some(kube) = kube else { continue };
+        match cnpg_scratch::delete(&kube.client, &cluster.namespace, &cluster.name).await {
+            Ok(_) => deleted.push(format!("Cluster {}/{}", cluster.namespace, cluster.name)),
+            Err(e) => problems.push(format!("{e}; delete it with `kubectl delete cluster -n {} {}`", cluster.namespace, cluster.name)),
+        }
+    }
     let path = run_dir.path.clone();
     if let Err(e) = run_dir.remove().await {
         problems.push(e.to_string());
     }
     let outcome = if problems.is_empty() {
-        Ok(format!("scratch instances stopped and {} removed", path.display()))
+        let clusters = if deleted.is_empty() { String::new() } else { format!(", {} deleted", deleted.join(", ")) };
+        Ok(format!("scratch instances stopped{clusters} and {} removed", path.display()))
     } else {
-        Err(format!("teardown incomplete: {}; a later run removes the directory after its time-to-live", problems.join("; ")))
+        Err(format!("teardown incomplete: {}; a later run removes the scratch resources after their time-to-live", problems.join("; ")))
     };
     state.record("teardown".into(), "run", started, outcome);
-    Vec::new()
+    (Vec::new(), Vec::new())
 }

@@ -1,0 +1,391 @@
+//! `visage-dr verify` of a cnpg database against the fake Kubernetes API server, whose
+//! simulated operator restores scratch Clusters with real PostgreSQL 15, barman-cloud and
+//! Garage.
+//!
+//! One source server and one API server are shared by the steps, which run in order and print
+//! their names. The steps are a passing run that deletes its scratch Cluster and an expired
+//! leftover, a run with `--keep`, a restore that becomes unrecoverable, one that times out,
+//! and a run stopped by SIGTERM while it waits.
+
+mod common;
+#[path = "common/fake_kube/mod.rs"]
+mod fake_kube;
+
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use chrono::Utc;
+use common::pg::{self, PgServer};
+use common::*;
+use fake_kube::operator::{Fault, Operator, SourceCluster};
+use fake_kube::FakeKube;
+use serde_json::{json, Value};
+use visage_dr::cnpg::restore::RestoreSettings;
+use visage_dr::cnpg::scratch::{self, EXPIRES_ANNOTATION, EXPIRES_LABEL, SCRATCH_LABEL, SCRATCH_VALUE};
+use visage_dr::postgres::config::{CnpgMethod, Connection, DatabaseSpec, Driver, ObjectStore};
+use visage_dr::postgres::local::OsUser;
+use visage_dr::postgres::target_time::TargetTime;
+
+const NAMESPACE: &str = "db";
+const CLUSTER: &str = "pg-main";
+const CLUSTERS: &str = "postgresql.cnpg.io/clusters";
+
+/// Writes a policy with the cnpg database `app` of the Cluster `pg-main`, verified in the
+/// Cluster's own namespace, because the simulated operator only reconciles that one.
+fn write_policy(dir: &Path, s3: &S3Server, bucket: &str) -> PathBuf {
+    let key_file = dir.join("access-key");
+    let secret_file = dir.join("secret-key");
+    std::fs::write(&key_file, &s3.access_key).unwrap();
+    std::fs::write(&secret_file, &s3.secret_key).unwrap();
+    let policy = format!(
+        r#"repository:
+  url: file://{dir}/repo
+postgres:
+- name: app
+  driver: cnpg
+  cluster: {CLUSTER}
+  namespace: {NAMESPACE}
+  object_store:
+    destination_path: s3://{bucket}/pg
+    server_name: main
+    endpoint: {endpoint}
+    region: {region}
+    credentials_secret: pg-creds
+    access_key_id_file: {key}
+    secret_access_key_file: {secret}
+verification:
+  schedule: "0 3 * * *"
+  scratch_namespace: {NAMESPACE}
+  scratch_dir: {dir}/scratch
+  timeout: 2min
+  sample_objects: 1
+  data_boundary: {{ database: app, query: "SELECT max(created_at) FROM t" }}
+  schema: {{ tables: [t], extensions: [plpgsql] }}
+  checks:
+    - {{ name: rows before target, database: app, query: "SELECT count(*) FROM t", expect: "= 2" }}
+"#,
+        dir = dir.display(),
+        endpoint = s3.endpoint,
+        region = s3.region,
+        key = key_file.display(),
+        secret = secret_file.display(),
+    );
+    let path = dir.join("policy.yaml");
+    std::fs::write(&path, policy).unwrap();
+    path
+}
+
+/// Returns the local-driver spec with which the simulated operator backs up the source server.
+fn source_spec(s3: &S3Server, bucket: &str, dir: &Path, port: u16) -> DatabaseSpec {
+    DatabaseSpec {
+        name: CLUSTER.into(),
+        driver: Driver::Local,
+        object_store: ObjectStore {
+            destination_path: format!("s3://{bucket}/pg"),
+            server_name: "main".into(),
+            endpoint: Some(s3.endpoint.clone()),
+            region: Some(s3.region.clone()),
+            credentials_secret: None,
+            access_key_id_file: Some(dir.join("access-key")),
+            secret_access_key_file: Some(dir.join("secret-key")),
+            barman_object_name: None,
+        },
+        schedule: None,
+        retention: None,
+        connection: Some(Connection {
+            host: "127.0.0.1".into(),
+            port,
+            user: "postgres".into(),
+            dbname: "postgres".into(),
+            password_file: None,
+        }),
+        cluster: None,
+        namespace: None,
+        method: None,
+    }
+}
+
+/// Stops the operator's restored instances when the test ends, passed or not.
+struct StopRestored(std::sync::Arc<Operator>);
+
+impl Drop for StopRestored {
+    fn drop(&mut self) {
+        self.0.kill_restored();
+    }
+}
+
+/// Prints the start of a test step, so that a hang or a failure names its step.
+fn step(name: &str) {
+    eprintln!("{} step: {name}", Utc::now().format("%H:%M:%S"));
+}
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = visage_dr(args, &[("RUST_LOG", "info".into())]);
+    let (stdout, stderr) = text(&out);
+    (out.status.code().unwrap_or(-1), stdout, stderr)
+}
+
+/// Names of the scratch Clusters in the store.
+fn scratch_clusters(kube: &FakeKube) -> Vec<String> {
+    kube.store
+        .list(CLUSTERS, NAMESPACE)
+        .iter()
+        .filter(|c| c["metadata"]["labels"][SCRATCH_LABEL] == SCRATCH_VALUE)
+        .map(|c| c["metadata"]["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Stores a scratch Cluster of an earlier run that expires at `expires` (Unix seconds).
+fn put_leftover(kube: &FakeKube, name: &str, expires: i64) {
+    kube.store.put(CLUSTERS, json!({
+        "metadata": {"name": name, "namespace": NAMESPACE, "labels": {
+            "app.kubernetes.io/managed-by": "visage-dr", SCRATCH_LABEL: SCRATCH_VALUE, EXPIRES_LABEL: expires.to_string(),
+        }},
+        "spec": {"instances": 1, "storage": {"size": "1Gi"}},
+        "status": {"phase": "Cluster in healthy state", "instances": 1, "readyInstances": 1},
+    }));
+}
+
+fn check<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no check {name:?} in {report:#}"))
+}
+
+/// Returns the name of the scratch Cluster in the details of a report's restore check.
+fn cluster_of(report: &Value) -> String {
+    let details = check(report, "restore app")["details"].as_str().unwrap();
+    let start = details.find("visage-dr-verify-").unwrap_or_else(|| panic!("no Cluster name in {details}"));
+    details[start..].split(|c: char| c.is_whitespace()).next().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cnpg_verify_scratch_clusters() {
+    let Some(s3) = garage() else { return };
+    if !pg::tools_present() {
+        return;
+    }
+    step("start PostgreSQL and the API server");
+    let bucket = s3.new_bucket("cnpg-verify").await;
+    let source = PgServer::start(&s3, &bucket, "main").await;
+    let work = pg::postgres_dir(&OsUser::lookup("postgres").unwrap());
+    let policy = write_policy(work.path(), &s3, &bucket);
+    let policy = policy.to_str().unwrap().to_owned();
+    let kube = FakeKube::start(work.path(), NAMESPACE).await;
+    let kubeconfig = kube.kubeconfig.to_str().unwrap().to_owned();
+    kube.store.put("/secrets", json!({
+        "metadata": {"name": "pg-creds", "namespace": NAMESPACE},
+        "data": {
+            "ACCESS_KEY_ID": base64::engine::general_purpose::STANDARD.encode(&s3.access_key),
+            "ACCESS_SECRET_KEY": base64::engine::general_purpose::STANDARD.encode(&s3.secret_key),
+        },
+    }));
+    let operator_dir = work.path().join("operator");
+    std::fs::create_dir(&operator_dir).unwrap();
+    let operator = Operator::start(
+        kube.store.clone(),
+        vec![SourceCluster { name: CLUSTER.into(), namespace: NAMESPACE.into(), spec: source_spec(&s3, &bucket, work.path(), source.port) }],
+        &operator_dir,
+    );
+    let _stop_restored = StopRestored(operator.clone());
+
+    step("rows, a base backup, the target and a later row");
+    let client = source.client().await;
+    client
+        .batch_execute("CREATE TABLE t (id text PRIMARY KEY, created_at timestamptz NOT NULL DEFAULT clock_timestamp()); INSERT INTO t VALUES ('A')")
+        .await
+        .unwrap();
+    let repo_url = format!("file://{}", work.path().join("repo").display());
+    let (code, stdout, stderr) = run(&[
+        "backup", "postgres", "--policy", &policy, "--name", "app", "--json", "--kubeconfig", &kubeconfig, "--repo", &repo_url,
+    ]);
+    assert_eq!(code, 0, "{stderr}\n{stdout}");
+    client.batch_execute("INSERT INTO t VALUES ('B')").await.unwrap();
+    let row = client
+        .query_one(r#"SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"#, &[])
+        .await
+        .unwrap();
+    let target: String = row.get(0);
+    client.batch_execute("INSERT INTO t VALUES ('C')").await.unwrap();
+    source.switch_and_wait_archived().await;
+
+    // Leftovers of earlier runs: the expired one goes, the other stays.
+    let now = Utc::now().timestamp();
+    put_leftover(&kube, "visage-dr-verify-20261101t030000z", now - 60);
+    put_leftover(&kube, "visage-dr-verify-20261205t020000z", now + 3600);
+
+    step("passing verify");
+    let report_dir = work.path().join("report");
+    let report_dir = report_dir.to_str().unwrap();
+    let (code, stdout, stderr) = run(&[
+        "verify", "--policy", &policy, "--target-time", &target, "--kubeconfig", &kubeconfig, "--json", "--report-dir", report_dir,
+    ]);
+    assert_eq!(code, 0, "{stderr}\n{stdout}");
+    let output: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let report = &output["report"];
+    assert_eq!(report["result"], "pass", "{report:#}");
+    for name in ["restore app", "recovery app", "data boundary app", "schema app", "check rows before target", "teardown"] {
+        assert_eq!(check(report, name)["result"], "pass", "{name}: {report:#}");
+    }
+    assert_eq!(report["databases"][0]["driver"], "cnpg", "{report:#}");
+    let port = report["databases"][0]["port"].as_u64().unwrap();
+    assert_ne!(port, u64::from(source.port), "the checks ran against the source server");
+    let name = cluster_of(report);
+    let secret = kube.store.get("/secrets", NAMESPACE, &format!("{name}-superuser")).expect("the operator published the Secret");
+    let secret_port = base64::engine::general_purpose::STANDARD.decode(secret["data"]["port"].as_str().unwrap()).unwrap();
+    assert_eq!(String::from_utf8(secret_port).unwrap(), port.to_string(), "the checks did not use the scratch Cluster's instance");
+    assert!(Path::new(report_dir).join("report.json").is_file(), "no report.json in {report_dir}");
+    assert!(kube.store.get(CLUSTERS, NAMESPACE, &name).is_none(), "the scratch Cluster {name} was not deleted");
+    assert_eq!(scratch_clusters(&kube), ["visage-dr-verify-20261205t020000z"], "only the unexpired leftover remains");
+    let requests = kube.store.requests();
+    let applies = requests.get(&("postgresql.cnpg.io".into(), "clusters".into(), "patch".into())).copied().unwrap_or(0);
+    assert!(applies >= 1, "the scratch Cluster was never applied: {requests:?}");
+
+    step("verify with --keep");
+    let (code, stdout, stderr) = run(&["verify", "--policy", &policy, "--target-time", &target, "--kubeconfig", &kubeconfig, "--keep"]);
+    assert_eq!(code, 0, "{stderr}\n{stdout}");
+    let kept_line = stdout.lines().find(|l| l.starts_with("kept app: Cluster db/")).unwrap_or_else(|| panic!("no kept Cluster in {stdout}"));
+    let kept_name = kept_line["kept app: Cluster db/".len()..].split(';').next().unwrap().to_owned();
+    let kept = kube.store.get(CLUSTERS, NAMESPACE, &kept_name).unwrap_or_else(|| panic!("--keep deleted {kept_name}"));
+    let expires: i64 = kept["metadata"]["labels"][EXPIRES_LABEL].as_str().unwrap().parse().unwrap();
+    assert!(expires > Utc::now().timestamp() + 23 * 3600, "a kept Cluster expires after a day, not at {expires}");
+    assert!(kept["metadata"]["annotations"][EXPIRES_ANNOTATION].is_string(), "{kept:#}");
+    assert_eq!(kept["metadata"]["labels"]["app.kubernetes.io/managed-by"], "visage-dr", "{kept:#}");
+    assert!(kept["spec"].get("backup").is_none(), "the scratch Cluster archives WAL: {kept:#}");
+    assert_eq!(kept["spec"]["resources"]["requests"]["memory"], scratch::MEMORY_REQUEST, "{kept:#}");
+    assert!(kept["spec"]["bootstrap"]["recovery"]["recoveryTarget"]["backupID"].is_string(), "{kept:#}");
+    kube.store.delete(CLUSTERS, NAMESPACE, &kept_name);
+
+    step("restore that never becomes healthy");
+    operator.inject(Fault::RestoreCannotReachTarget);
+    let (code, stdout, stderr) = run(&["verify", "--policy", &policy, "--target-time", &target, "--kubeconfig", &kubeconfig, "--json"]);
+    assert_eq!(code, 1, "{stderr}\n{stdout}");
+    assert!(stderr.contains("verification failed"), "{stderr}");
+    let output: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let report = &output["report"];
+    let restore = check(report, "restore app");
+    assert_eq!(restore["result"], "fail", "{report:#}");
+    let details = restore["details"].as_str().unwrap();
+    assert!(details.contains("did not become ready"), "{details}");
+    assert!(details.contains("unrecoverable"), "{details}");
+    assert!(details.contains("full-recovery failed"), "{details}");
+    assert_eq!(check(report, "recovery app")["result"], "fail", "{report:#}");
+    assert_eq!(check(report, "teardown")["result"], "pass", "{report:#}");
+    let failed_name = cluster_of(report);
+    assert!(kube.store.get(CLUSTERS, NAMESPACE, &failed_name).is_none(), "the failed scratch Cluster {failed_name} was not deleted");
+    assert_eq!(scratch_clusters(&kube), ["visage-dr-verify-20261205t020000z"]);
+
+    // Without the operator no Cluster ever gets a status, so a run waits until its timeout.
+    operator.shutdown().await;
+    let short_policy = work.path().join("policy-short.yaml");
+    let short_text = std::fs::read_to_string(&policy).unwrap().replace("timeout: 2min", "timeout: 6s");
+    std::fs::write(&short_policy, short_text).unwrap();
+    let short_policy = short_policy.to_str().unwrap();
+
+    step("restore that times out");
+    let (code, stdout, stderr) = run(&["verify", "--policy", short_policy, "--target-time", &target, "--kubeconfig", &kubeconfig, "--json"]);
+    assert_eq!(code, 1, "{stderr}\n{stdout}");
+    let output: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let report = &output["report"];
+    let failure = report["failure"].as_str().unwrap();
+    assert!(failure.contains("not ready after") || failure.contains("did not finish within verification.timeout"), "{failure}");
+    assert_eq!(check(report, "teardown")["result"], "pass", "{report:#}");
+    assert_eq!(scratch_clusters(&kube), ["visage-dr-verify-20261205t020000z"], "the timed-out scratch Cluster was not deleted");
+
+    step("SIGTERM while waiting for the scratch Cluster");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_visage-dr"))
+        .args(["verify", "--policy", &policy, "--target-time", &target, "--kubeconfig", &kubeconfig, "--json"])
+        .env_remove("VISAGE_DR_REPO")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while scratch_clusters(&kube).len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "verify created no scratch Cluster within 30 s");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let status = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success(), "kill -TERM failed");
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}\n{stdout}");
+    let output: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let report = &output["report"];
+    assert!(check(report, "run")["details"].as_str().unwrap().contains("interrupted by SIGTERM"), "{report:#}");
+    assert_eq!(check(report, "teardown")["result"], "pass", "{report:#}");
+    assert_eq!(scratch_clusters(&kube), ["visage-dr-verify-20261205t020000z"], "the interrupted run left its scratch Cluster");
+
+    // Every request verify sent is a call that the list of Kubernetes API calls grants.
+    let granted: Vec<(String, String, String)> = visage_dr::kube_api::API_CALLS
+        .iter()
+        .map(|c| (c.group.to_string(), c.resource.to_string(), c.verb.to_string()))
+        .collect();
+    let served = kube.store.requests();
+    for call in served.keys() {
+        assert!(granted.contains(call), "visage-dr made the call {call:?}, which is missing from kube_api::API_CALLS");
+    }
+    let delete = ("postgresql.cnpg.io".to_string(), "clusters".to_string(), "delete".to_string());
+    assert!(served.contains_key(&delete), "verify never deleted a Cluster: {served:?}");
+}
+
+#[test]
+fn scratch_manifest_matches_crd() {
+    let Some(schemas) = fake_kube::schema::CrdSchemas::from_env() else { return };
+    let spec = DatabaseSpec {
+        name: "app".into(),
+        driver: Driver::Cnpg,
+        object_store: ObjectStore {
+            destination_path: "s3://pg-backups/prod".into(),
+            server_name: "visage-db".into(),
+            endpoint: Some("http://127.0.0.1:9000".into()),
+            region: None,
+            credentials_secret: Some("pg-backups-s3".into()),
+            access_key_id_file: None,
+            secret_access_key_file: None,
+            barman_object_name: Some("pg-backups".into()),
+        },
+        schedule: None,
+        retention: None,
+        connection: None,
+        cluster: Some("visage-db".into()),
+        namespace: Some("visage".into()),
+        method: Some(CnpgMethod::BarmanObjectStore),
+    };
+    let started = Utc::now();
+    for (method, to_end) in [(CnpgMethod::BarmanObjectStore, false), (CnpgMethod::Plugin, true)] {
+        let spec = DatabaseSpec { method: Some(method), ..spec.clone() };
+        let settings = RestoreSettings {
+            name: scratch::scratch_name(started, 1),
+            namespace: "scratch".into(),
+            target: TargetTime::parse("2026-05-28T12:00:00.123456Z", started).unwrap(),
+            recover_to_end_of_archive: to_end,
+            backup_id: "20260528T110000".into(),
+            instances: 1,
+            storage_size: "10Gi".into(),
+            image_name: Some("ghcr.io/cloudnative-pg/postgresql:15".into()),
+        };
+        let manifest = scratch::scratch_manifest(&spec, &settings, started + chrono::Duration::hours(1)).unwrap();
+        let errors = schemas.validate_cluster(&manifest);
+        assert!(errors.is_empty(), "{method:?}: {errors:?}\n{manifest:#}");
+        assert!(manifest["spec"].get("backup").is_none(), "{manifest:#}");
+    }
+
+    // The schema check rejects an unknown field, so the checks above can fail.
+    let mut invalid = scratch::scratch_manifest(&spec, &RestoreSettings {
+        name: scratch::scratch_name(started, 0),
+        namespace: "scratch".into(),
+        target: TargetTime::parse("2026-05-28T12:00:00Z", started).unwrap(),
+        recover_to_end_of_archive: false,
+        backup_id: "20260528T110000".into(),
+        instances: 1,
+        storage_size: "1Gi".into(),
+        image_name: None,
+    }, started)
+    .unwrap();
+    invalid["spec"]["resources"]["requestz"] = json!({"cpu": "1"});
+    assert!(!schemas.validate_cluster(&invalid).is_empty(), "an unknown resources field passed the schema");
+}
