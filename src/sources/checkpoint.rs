@@ -242,53 +242,16 @@ pub struct UploadStats {
     pub pack_bytes_uploaded: u64,
 }
 
-/// Chunks whose id and compression run at the same time, besides the one
-/// being cut: enough to keep both cores busy, and few enough to bound memory.
-const CHUNKS_IN_FLIGHT: usize = 3;
-
-/// The content hash, computed in order on a thread of its own so that it
-/// overlaps the per-chunk work.
-struct ContentHash {
-    chunks: tokio::sync::mpsc::Sender<Bytes>,
-    thread: std::thread::JoinHandle<Digest>,
-}
-
-impl ContentHash {
-    fn start() -> ContentHash {
-        let (chunks, mut rx) = tokio::sync::mpsc::channel::<Bytes>(CHUNKS_IN_FLIGHT);
-        let thread = std::thread::spawn(move || {
-            let mut hasher = Hasher::new();
-            while let Some(chunk) = rx.blocking_recv() {
-                hasher.update(&chunk);
-            }
-            hasher.finish()
-        });
-        ContentHash { chunks, thread }
-    }
-
-    async fn finish(self) -> Digest {
-        drop(self.chunks);
-        let thread = self.thread;
-        tokio::task::spawn_blocking(move || thread.join().expect("hash thread panicked")).await.expect("join task panicked")
-    }
-}
-
 /// The content of one checkpoint being received: chunked, hashed and, unless
-/// it only verifies a repeated push, stored. The content hash runs on its own
-/// thread, and up to [`CHUNKS_IN_FLIGHT`] chunks are hashed, compressed and
-/// added to packs at once. Memory stays bounded by those chunks plus the pack
-/// writer's packs in flight.
+/// it only verifies a repeated push, stored. Memory stays bounded by one
+/// maximum-size chunk plus the pack writer's packs in flight.
 pub struct Upload {
     repo: Arc<Repository>,
     /// `None` when the upload only hashes the content.
     writer: Option<Arc<PackWriter>>,
     lock: Option<LockGuard>,
     chunker: Chunker,
-    hash: Option<ContentHash>,
-    /// Chunk ids in content order, filled in as their tasks finish.
-    ids: Vec<Option<BlobId>>,
-    tasks: tokio::task::JoinSet<Result<(usize, BlobId), RepoError>>,
-    permits: Arc<tokio::sync::Semaphore>,
+    hasher: Option<Hasher>,
     chunks: Vec<BlobId>,
     received: u64,
 }
@@ -313,10 +276,7 @@ impl Upload {
             writer,
             lock,
             chunker: Chunker::new(repo.config().chunker.clone()),
-            hash: Some(ContentHash::start()),
-            ids: Vec::new(),
-            tasks: tokio::task::JoinSet::new(),
-            permits: Arc::new(tokio::sync::Semaphore::new(CHUNKS_IN_FLIGHT)),
+            hasher: Some(Hasher::new()),
             chunks: Vec::new(),
             received: 0,
         })
@@ -336,34 +296,20 @@ impl Upload {
 
     async fn drain(&mut self, eof: bool) -> Result<(), RepoError> {
         while let Some(chunk) = self.chunker.next_chunk(eof) {
-            let hash = self.hash.as_ref().expect("content hash present until the end");
-            if hash.chunks.send(chunk.clone()).await.is_err() {
-                panic!("the content hash thread ended early");
+            let hasher = self.hasher.take().expect("hasher present until finish");
+            let (hasher, id, chunk) = tokio::task::spawn_blocking(move || {
+                let mut hasher = hasher;
+                hasher.update(&chunk);
+                (hasher, BlobId::of(&chunk), chunk)
+            })
+            .await
+            .expect("hash task panicked");
+            self.hasher = Some(hasher);
+            if let Some(writer) = &self.writer {
+                store_chunk(&self.repo, writer, id, chunk).await?;
             }
-            let permit = self.permits.clone().acquire_owned().await.expect("the semaphore is never closed");
-            let index = self.ids.len();
-            self.ids.push(None);
-            let (repo, writer) = (self.repo.clone(), self.writer.clone());
-            self.tasks.spawn(async move {
-                let _permit = permit;
-                let hashed = chunk.clone();
-                let id = tokio::task::spawn_blocking(move || BlobId::of(&hashed)).await.expect("hash task panicked");
-                if let Some(writer) = &writer {
-                    store_chunk(&repo, writer, id, chunk).await?;
-                }
-                Ok((index, id))
-            });
-            // Finished chunks are collected as they go, so a failure stops the upload early.
-            while let Some(done) = self.tasks.try_join_next() {
-                self.record(done)?;
-            }
+            self.chunks.push(id);
         }
-        Ok(())
-    }
-
-    fn record(&mut self, done: Result<Result<(usize, BlobId), RepoError>, tokio::task::JoinError>) -> Result<(), RepoError> {
-        let (index, id) = done.expect("chunk task panicked")?;
-        self.ids[index] = Some(id);
         Ok(())
     }
 
@@ -371,11 +317,7 @@ impl Upload {
     /// against `expected`. Returns the content's size and SHA-256.
     pub async fn end(&mut self, expected: &Digest) -> Result<(u64, Digest), UploadError> {
         self.drain(true).await?;
-        while let Some(done) = self.tasks.join_next().await {
-            self.record(done)?;
-        }
-        self.chunks = self.ids.drain(..).map(|id| id.expect("every chunk task finished")).collect();
-        let actual = self.hash.take().expect("end runs once").finish().await;
+        let actual = self.hasher.take().expect("end runs once").finish();
         if actual != *expected {
             return Err(UploadError::HashMismatch { expected: *expected, actual });
         }
@@ -458,8 +400,6 @@ impl Upload {
     /// uploaded and indexed, so a retry of the same content reuses them.
     /// Garbage collection frees them if no checkpoint ever refers to them.
     pub async fn abort(mut self) {
-        // Chunks in flight stop before the writer finishes, so none is added after.
-        self.tasks.shutdown().await;
         if let Some(writer) = self.writer.take() {
             if let Err(e) = writer.finish().await {
                 warn!(error = %e, "could not index the packs of an abandoned upload; garbage collection frees them");
