@@ -290,6 +290,7 @@ pub async fn plan(
         problems: Vec::new(),
     };
     if req.only.postgres {
+        plan.refusals.push("a database is never restored over its source: each one goes into a new instance".into());
         let tools = Tools::from_env();
         for db in &policy.postgres {
             let spec = &db.spec;

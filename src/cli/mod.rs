@@ -91,7 +91,7 @@ pub enum Command {
     Verify(verify::VerifyArgs),
     /// List past verification runs with their outcome.
     Reports(verify::ReportsArgs),
-    /// Run the checkpoint HTTP API that training jobs push checkpoints to.
+    /// Run the checkpoint HTTP API that training jobs push checkpoints to and, with --policy, the policy's jobs at their slots.
     Serve(serve::ServeArgs),
     /// Push, pull or list training checkpoints on a checkpoint API server.
     #[command(subcommand)]

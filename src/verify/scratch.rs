@@ -347,7 +347,17 @@ mod tests {
         std::fs::write(&file, b"").unwrap();
         let mut child = std::process::Command::new("tail").arg("-f").arg(&file).spawn().unwrap();
         let pid = child.id() as i32;
-        assert_eq!(processes_using(&run.path), vec![pid]);
+        // Until exec, the child's command line is still the test's own.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while processes_using(&run.path).is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let found = processes_using(&run.path);
+        if found != vec![pid] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        assert_eq!(found, vec![pid]);
         run.remove().await.unwrap();
         let _ = child.wait();
         assert!(!run.path.exists());

@@ -103,7 +103,7 @@ pub enum WindowError {
 
 fn hint_for(name: &str) -> &'static str {
     if name.starts_with("database") {
-        "it needs a completed base backup followed by at least three archived WAL segments; take a base backup and check that WAL archiving works"
+        "it needs a completed base backup followed by at least three archived WAL segments; right after a first base backup, wait until more WAL is archived (archive_timeout, or SELECT pg_switch_wal()) and run again, and otherwise check that WAL archiving works"
     } else {
         "it has no complete snapshot yet; take one with `visage-dr run --job bucket:<name>`"
     }
