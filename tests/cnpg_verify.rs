@@ -256,6 +256,16 @@ async fn cnpg_verify_scratch_clusters() {
     let plain_error = plain.err().expect("a plain connection to the scratch instance succeeded");
     let plain_error = plain_error.as_db_error().map(|e| e.message().to_owned()).unwrap_or_else(|| plain_error.to_string());
     assert!(plain_error.contains("no encryption"), "the plain connection failed for another reason: {plain_error}");
+
+    // With the cluster's CA, the connection is encrypted where the server offers TLS and
+    // plain where it does not, as the source server does not.
+    let ca_secret = kube.store.get("/secrets", NAMESPACE, &format!("{name}-ca")).expect("the operator published the CA Secret");
+    let ca = base64::engine::general_purpose::STANDARD.decode(ca_secret["data"]["ca.crt"].as_str().unwrap()).unwrap();
+    let connect = |port: u16| visage_dr::verify::database::connect_tcp("127.0.0.1", port, "postgres", "postgres", None, Some(ca.as_slice()));
+    let scratch_session = connect(port as u16).await.unwrap_or_else(|e| panic!("TLS connection to the scratch instance: {e}"));
+    assert!(scratch_session.tls, "the scratch instance session is not encrypted");
+    let source_session = connect(source.port).await.unwrap_or_else(|e| panic!("connection to the source server without TLS: {e}"));
+    assert!(!source_session.tls, "the source server offers no TLS, but the session reports TLS");
     assert!(kube.store.get(CLUSTERS, NAMESPACE, &name).is_none(), "the scratch Cluster {name} was not deleted");
     assert_eq!(scratch_clusters(&kube), ["visage-dr-verify-20261205t020000z"], "only the unexpired leftover remains");
     let requests = kube.store.requests();
