@@ -257,8 +257,8 @@ async fn cnpg_verify_scratch_clusters() {
     let plain_error = plain_error.as_db_error().map(|e| e.message().to_owned()).unwrap_or_else(|| plain_error.to_string());
     assert!(plain_error.contains("no encryption"), "the plain connection failed for another reason: {plain_error}");
 
-    // With the cluster's CA, the connection is encrypted where the server offers TLS and
-    // plain where it does not, as the source server does not.
+    // With the cluster's CA, the session is encrypted on the scratch instance, which offers
+    // TLS, and plain on the source server, which does not.
     let ca_secret = kube.store.get("/secrets", NAMESPACE, &format!("{name}-ca")).expect("the operator published the CA Secret");
     let ca = base64::engine::general_purpose::STANDARD.decode(ca_secret["data"]["ca.crt"].as_str().unwrap()).unwrap();
     let connect = |port: u16| visage_dr::verify::database::connect_tcp("127.0.0.1", port, "postgres", "postgres", None, Some(ca.as_slice()));
