@@ -3,9 +3,10 @@
 //! Garage.
 //!
 //! One source server and one API server are shared by the steps, which run in order and print
-//! their names. The steps are a passing run that deletes its scratch Cluster and an expired
-//! leftover, a run with `--keep`, a restore that becomes unrecoverable, one that times out,
-//! and a run stopped by SIGTERM while it waits.
+//! their names. The steps are a passing run over TLS that deletes its scratch Cluster and an
+//! expired leftover, a run with `--keep`, a restore that becomes unrecoverable, a scratch
+//! Cluster whose CA Secret contains the wrong CA, one that times out, and a run stopped by
+//! SIGTERM while it waits.
 
 mod common;
 #[path = "common/fake_kube/mod.rs"]
@@ -159,7 +160,7 @@ fn check<'a>(report: &'a Value, name: &str) -> &'a Value {
 fn cluster_of(report: &Value) -> String {
     let details = check(report, "restore app")["details"].as_str().unwrap();
     let start = details.find("visage-dr-verify-").unwrap_or_else(|| panic!("no Cluster name in {details}"));
-    details[start..].split(|c: char| c.is_whitespace()).next().unwrap().to_owned()
+    details[start..].split(|c: char| !(c.is_ascii_alphanumeric() || c == '-')).next().unwrap().to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,6 +239,33 @@ async fn cnpg_verify_scratch_clusters() {
     let secret_port = base64::engine::general_purpose::STANDARD.decode(secret["data"]["port"].as_str().unwrap()).unwrap();
     assert_eq!(String::from_utf8(secret_port).unwrap(), port.to_string(), "the checks did not use the scratch Cluster's instance");
     assert!(Path::new(report_dir).join("report.json").is_file(), "no report.json in {report_dir}");
+    assert_eq!(report["databases"][0]["tls"], true, "the checks did not connect over TLS: {report:#}");
+    let restore_details = check(report, "restore app")["details"].as_str().unwrap();
+    assert!(restore_details.contains(&format!("over TLS verified with the CA of Secret {name}-ca")), "{restore_details}");
+
+    // The scratch instance still runs until the operator stops, and rejects a plain connection,
+    // so the run above could only have passed over TLS.
+    let plain = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(port as u16)
+        .user("postgres")
+        .dbname("postgres")
+        .ssl_mode(tokio_postgres::config::SslMode::Disable)
+        .connect(tokio_postgres::NoTls)
+        .await;
+    let plain_error = plain.err().expect("a plain connection to the scratch instance succeeded");
+    let plain_error = plain_error.as_db_error().map(|e| e.message().to_owned()).unwrap_or_else(|| plain_error.to_string());
+    assert!(plain_error.contains("no encryption"), "the plain connection failed for another reason: {plain_error}");
+
+    // With the cluster's CA, the session is encrypted on the scratch instance, which offers
+    // TLS, and plain on the source server, which does not.
+    let ca_secret = kube.store.get("/secrets", NAMESPACE, &format!("{name}-ca")).expect("the operator published the CA Secret");
+    let ca = base64::engine::general_purpose::STANDARD.decode(ca_secret["data"]["ca.crt"].as_str().unwrap()).unwrap();
+    let connect = |port: u16| visage_dr::verify::database::connect_tcp("127.0.0.1", port, "postgres", "postgres", None, Some(ca.as_slice()));
+    let scratch_session = connect(port as u16).await.unwrap_or_else(|e| panic!("TLS connection to the scratch instance: {e}"));
+    assert!(scratch_session.tls, "the scratch instance session is not encrypted");
+    let source_session = connect(source.port).await.unwrap_or_else(|e| panic!("connection to the source server without TLS: {e}"));
+    assert!(!source_session.tls, "the source server offers no TLS, but the session reports TLS");
     assert!(kube.store.get(CLUSTERS, NAMESPACE, &name).is_none(), "the scratch Cluster {name} was not deleted");
     assert_eq!(scratch_clusters(&kube), ["visage-dr-verify-20261205t020000z"], "only the unexpired leftover remains");
     let requests = kube.store.requests();
@@ -276,6 +304,24 @@ async fn cnpg_verify_scratch_clusters() {
     assert_eq!(check(report, "teardown")["result"], "pass", "{report:#}");
     let failed_name = cluster_of(report);
     assert!(kube.store.get(CLUSTERS, NAMESPACE, &failed_name).is_none(), "the failed scratch Cluster {failed_name} was not deleted");
+    assert_eq!(scratch_clusters(&kube), ["visage-dr-verify-20261205t020000z"]);
+
+    step("CA Secret with the wrong CA");
+    operator.inject(Fault::WrongCa);
+    let (code, stdout, stderr) = run(&["verify", "--policy", &policy, "--target-time", &target, "--kubeconfig", &kubeconfig, "--json"]);
+    assert_eq!(code, 1, "{stderr}\n{stdout}");
+    let output: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let report = &output["report"];
+    let restore = check(report, "restore app");
+    assert_eq!(restore["result"], "fail", "{report:#}");
+    let wrong_name = cluster_of(report);
+    let details = restore["details"].as_str().unwrap();
+    assert!(details.contains(&format!("cannot connect to scratch Cluster {NAMESPACE}/{wrong_name}")), "{details}");
+    assert!(details.contains("invalid peer certificate"), "the failure does not name the certificate problem: {details}");
+    assert!(details.contains(&format!("Check that Secret {NAMESPACE}/{wrong_name}-ca contains the CA")), "{details}");
+    assert_eq!(check(report, "recovery app")["result"], "fail", "{report:#}");
+    assert_eq!(check(report, "teardown")["result"], "pass", "{report:#}");
+    assert!(kube.store.get(CLUSTERS, NAMESPACE, &wrong_name).is_none(), "the scratch Cluster {wrong_name} was not deleted");
     assert_eq!(scratch_clusters(&kube), ["visage-dr-verify-20261205t020000z"]);
 
     // Without the operator no Cluster ever gets a status, so a run waits until its timeout.

@@ -74,10 +74,15 @@ pub fn scratch_manifest(spec: &DatabaseSpec, settings: &RestoreSettings, expires
     Ok(manifest)
 }
 
-/// Connection details of a scratch cluster, from its `<name>-superuser` Secret.
+/// Connection details of a scratch cluster, from its `<name>-superuser` Secret and, when
+/// the cluster has one, the CA certificate of its `<name>-ca` Secret.
 #[derive(Debug, Clone)]
 pub struct ScratchConnection {
     pub secret: String,
+    /// Name of the Secret with the cluster's CA, CNPG's `<name>-ca`.
+    pub ca_secret: String,
+    /// PEM of `ca.crt` in [`Self::ca_secret`], or `None` when that Secret does not exist.
+    pub ca_certificate: Option<Vec<u8>>,
     pub host: String,
     pub port: u16,
     pub user: String,
@@ -157,7 +162,10 @@ async fn read_connection(client: &kube::Client, namespace: &str, cluster: &str) 
         name: cluster.into(),
         reason: format!("Secret {secret_name} has the port {port_text:?}, which is not a TCP port number"),
     })?;
+    let (ca_secret, ca_certificate) = read_ca(&secrets, namespace, cluster).await?;
     Ok(ScratchConnection {
+        ca_secret,
+        ca_certificate,
         host: field("host").ok_or_else(|| missing("host"))?,
         port,
         user: field("username").ok_or_else(|| missing("username"))?,
@@ -165,6 +173,30 @@ async fn read_connection(client: &kube::Client, namespace: &str, cluster: &str) 
         dbname: field("dbname").unwrap_or_else(|| "postgres".into()),
         secret: secret_name,
     })
+}
+
+/// Key of the CA certificate in CNPG's `<cluster>-ca` Secret.
+const CA_KEY: &str = "ca.crt";
+
+/// Reads the CA certificate from the `<cluster>-ca` Secret that CNPG creates for the
+/// certificates it issues to the cluster's server. A missing Secret returns `None`, so the
+/// connection is plain, but a Secret without `ca.crt` is an error.
+async fn read_ca(secrets: &Api<Secret>, namespace: &str, cluster: &str) -> Result<(String, Option<Vec<u8>>), CnpgError> {
+    let secret_name = format!("{cluster}-ca");
+    let secret = secrets.get_opt(&secret_name).await.map_err(CnpgError::api(format!("get Secret {namespace}/{secret_name}")))?;
+    let Some(secret) = secret else {
+        debug!(k8s.secret = %secret_name, "no CA Secret, so the connection does not use TLS");
+        return Ok((secret_name, None));
+    };
+    let certificate = secret.data.unwrap_or_default().remove(CA_KEY).map(|v| v.0);
+    match certificate {
+        Some(pem) => Ok((secret_name, Some(pem))),
+        None => Err(CnpgError::RestoreFailed {
+            namespace: namespace.into(),
+            name: cluster.into(),
+            reason: format!("Secret {secret_name} has no `{CA_KEY}` key, so the server certificate cannot be verified"),
+        }),
+    }
 }
 
 /// Storage of a scratch cluster when the source Cluster cannot be read.

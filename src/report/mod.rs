@@ -131,6 +131,9 @@ pub struct DatabaseReport {
     /// Loopback port and postmaster PID of the scratch instance.
     pub port: Option<u16>,
     pub pid: Option<u32>,
+    /// Whether the check connection used TLS; `None` when no TCP connection was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<bool>,
 }
 
 /// The bucket snapshot chosen for the target time.

@@ -39,6 +39,7 @@ pub(crate) fn sample_report(started_minute: u32, result: Outcome) -> Report {
             newest_change: Some(target - Duration::milliseconds(800)),
             port: Some(41234),
             pid: Some(4242),
+            tls: Some(true),
         }],
         buckets: vec![BucketReport {
             name: "uploads".into(),

@@ -8,10 +8,14 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
-use tokio_postgres::{Client, SimpleQueryMessage};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{Client, SimpleQueryMessage, Socket};
 
 use crate::policy::{DataBoundary, QueryCheck, ReferenceCheck, SchemaCheck};
 use crate::repository::manifest::Manifest;
@@ -28,27 +32,77 @@ const LISTED_REFERENCES: usize = 20;
 pub async fn connect(socket_dir: &Path, port: u16, user: &str, dbname: &str, password: Option<&str>) -> Result<Client, String> {
     let mut config = tokio_postgres::Config::new();
     config.host_path(socket_dir).port(port);
-    finish_connect(config, user, dbname, password).await
+    finish_connect(config, user, dbname, password, tokio_postgres::NoTls).await
 }
 
 /// Connects to a restored instance over TCP, such as a scratch CNPG cluster's service.
 ///
-/// NOTE: the connection does not use TLS. CNPG's default `pg_hba` accepts unencrypted
-/// password logins, but a cluster whose `pg_hba` only allows `hostssl` rejects this; TLS with
-/// the CA of the `<cluster>-ca` Secret is not implemented yet.
-pub async fn connect_tcp(host: &str, port: u16, user: &str, dbname: &str, password: Option<&str>) -> Result<Client, String> {
+/// With `ca_pem`, the connection uses TLS whenever the server offers it (libpq's
+/// `sslmode=prefer`), and the server certificate must chain to a certificate of `ca_pem` and
+/// cover `host`. A certificate that does not verify fails the connection: it never falls back
+/// to plain text. Only a server that declines TLS gets a plain connection. Without `ca_pem` the
+/// connection is plain.
+pub async fn connect_tcp(
+    host: &str,
+    port: u16,
+    user: &str,
+    dbname: &str,
+    password: Option<&str>,
+    ca_pem: Option<&[u8]>,
+) -> Result<TcpSession, String> {
     let mut config = tokio_postgres::Config::new();
     config.host(host).port(port);
-    finish_connect(config, user, dbname, password).await
+    let client = match ca_pem {
+        Some(pem) => {
+            config.ssl_mode(tokio_postgres::config::SslMode::Prefer);
+            finish_connect(config, user, dbname, password, tls_connector(pem)?).await?
+        }
+        None => finish_connect(config, user, dbname, password, tokio_postgres::NoTls).await?,
+    };
+    // The server reports whether the session is encrypted, so a plain session is never reported as TLS.
+    let tls = single_value(&client, "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        .await
+        .map_err(|e| format!("cannot read whether the connection uses TLS: {e}"))?;
+    Ok(TcpSession { client, tls: tls.as_deref() == Some("t") })
 }
 
-async fn finish_connect(mut config: tokio_postgres::Config, user: &str, dbname: &str, password: Option<&str>) -> Result<Client, String> {
+/// A TCP connection to a restored instance.
+pub struct TcpSession {
+    pub client: Client,
+    /// Whether the server reports the session as encrypted (`pg_stat_ssl.ssl`).
+    pub tls: bool,
+}
+
+/// Builds a rustls connector that trusts only the certificates of `ca_pem`.
+fn tls_connector(ca_pem: &[u8]) -> Result<tokio_postgres_rustls::MakeRustlsConnect, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in CertificateDer::pem_slice_iter(ca_pem) {
+        let certificate = certificate.map_err(|e| format!("the CA certificate is not valid PEM: {e}"))?;
+        roots.add(certificate).map_err(|e| format!("the CA certificate is invalid: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("the CA data contains no PEM certificate".to_owned());
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("cannot set up TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+async fn finish_connect<T>(mut config: tokio_postgres::Config, user: &str, dbname: &str, password: Option<&str>, tls: T) -> Result<Client, String>
+where
+    T: MakeTlsConnect<Socket>,
+    T::Stream: Send + 'static,
+{
     config.user(user).dbname(dbname).application_name("visage-dr verify").connect_timeout(Duration::from_secs(10));
     if let Some(password) = password {
         config.password(password);
     }
     let (client, connection) = config
-        .connect(tokio_postgres::NoTls)
+        .connect(tls)
         .await
         .map_err(|e| format!("cannot connect to the restored instance as {user:?} to database {dbname:?}: {}", error_text(&e)))?;
     tokio::spawn(async move {
@@ -325,5 +379,16 @@ mod tests {
         }
         assert_eq!(parse_time("yesterday"), None);
         assert_eq!(parse_time("42"), None);
+    }
+
+    #[test]
+    fn tls_connector_rejects_bad_ca() {
+        let empty = tls_connector(b"").err().expect("an empty CA was accepted");
+        assert!(empty.contains("no PEM certificate"), "{empty}");
+        let text = tls_connector(b"not a certificate").err().expect("a CA without PEM was accepted");
+        assert!(text.contains("no PEM certificate"), "{text}");
+        let garbage = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        let invalid = tls_connector(garbage).err().expect("a CA that is not a certificate was accepted");
+        assert!(invalid.contains("the CA certificate is invalid"), "{invalid}");
     }
 }

@@ -179,6 +179,7 @@ async fn restore_local(context: &Context<'_>, database: &Database, state: &mut R
         newest_change: None,
         port: Some(plan.port),
         pid: None,
+        tls: None,
     };
     let restored = local::restore(&plan, &archive.store).await;
     let instance = match restored {
@@ -258,6 +259,7 @@ async fn restore_cnpg(context: &Context<'_>, database: &Database, state: &mut Ru
         newest_change: None,
         port: None,
         pid: None,
+        tls: None,
     };
     state.clusters.push(ScratchCluster { database: name.clone(), namespace: kube.namespace.clone(), name: cluster_name.clone() });
     let remaining = context.deadline.saturating_duration_since(Instant::now());
@@ -272,17 +274,27 @@ async fn restore_cnpg(context: &Context<'_>, database: &Database, state: &mut Ru
     report.ready_seconds = Some(context.clock.elapsed().as_secs_f64());
     report.port = Some(connection.port);
     state.databases.push(report);
-    let client = database::connect_tcp(
+    let session = database::connect_tcp(
         &connection.host,
         connection.port,
         &connection.user,
         &connection.dbname,
         connection.password.as_deref(),
+        connection.ca_certificate.as_deref(),
     )
-    .await?;
-    state.clients.insert(name.clone(), Arc::new(client));
+    .await
+    .map_err(|e| connect_error(&kube.namespace, &cluster_name, &connection, e))?;
+    if let Some(report) = state.databases.iter_mut().find(|d| d.name == *name) {
+        report.tls = Some(session.tls);
+    }
+    state.clients.insert(name.clone(), Arc::new(session.client));
+    let tls = match (&connection.ca_certificate, session.tls) {
+        (Some(_), true) => format!("over TLS verified with the CA of Secret {}", connection.ca_secret),
+        (Some(_), false) => "without TLS, because the server does not offer it".to_owned(),
+        (None, _) => format!("without TLS, because the Cluster has no Secret {}", connection.ca_secret),
+    };
     Ok(format!(
-        "base backup {} restored into Cluster {}/{} and recovered to {} in {}; connected to {}:{} with Secret {}",
+        "base backup {} restored into Cluster {}/{} and recovered to {} in {}; connected to {}:{} with Secret {} {tls}",
         plan.backup.id,
         kube.namespace,
         cluster_name,
@@ -292,6 +304,20 @@ async fn restore_cnpg(context: &Context<'_>, database: &Database, state: &mut Ru
         connection.port,
         connection.secret
     ))
+}
+
+/// Formats a failed connection's error with the scratch Cluster's name and the Secrets to check.
+fn connect_error(namespace: &str, cluster: &str, connection: &cnpg_scratch::ScratchConnection, error: String) -> String {
+    let hint = if connection.ca_certificate.is_some() {
+        format!(
+            ". Check that Secret {namespace}/{} contains the CA that signed the server certificate, \
+             that the certificate covers host {}, and that Secret {namespace}/{} has the right credentials",
+            connection.ca_secret, connection.host, connection.secret
+        )
+    } else {
+        format!(". Check the service {}:{} and Secret {namespace}/{}", connection.host, connection.port, connection.secret)
+    };
+    format!("cannot connect to scratch Cluster {namespace}/{cluster}: {error}{hint}")
 }
 
 /// Runs the checks of the policy on one restored database. Checks of a database that was not

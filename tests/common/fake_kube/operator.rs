@@ -5,10 +5,13 @@
 //! times, instanceID, location). For a Cluster with `bootstrap.recovery` it creates the
 //! recovery Job and its pod, and runs a real point-in-time restore from the archive named by
 //! its `externalClusters` entry. The restored instance listens on a loopback port, which the
-//! `<name>-superuser` Secret publishes, and the Cluster gets the ready status. Faults are
-//! scripted per test step.
+//! `<name>-superuser` Secret publishes, and the Cluster gets the ready status. Like a CNPG
+//! instance, it serves TLS with a server certificate from the cluster's own CA, which the
+//! `<name>-ca` Secret publishes as `ca.crt`, and its `pg_hba.conf` accepts TCP connections
+//! only over TLS (`hostssl`). Faults are scripted per test step.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -41,6 +44,9 @@ pub enum Fault {
     /// The recovery Job fails as PostgreSQL does when the WAL ends before the target, and
     /// the cluster becomes unrecoverable.
     RestoreCannotReachTarget,
+    /// The `<name>-ca` Secret of the next recovery Cluster contains a CA that did not sign the
+    /// server certificate.
+    WrongCa,
 }
 
 /// A source cluster the operator backs up: a local-driver spec that reaches the test server.
@@ -184,7 +190,7 @@ impl Operator {
         tokio::time::sleep(Duration::from_millis(100)).await;
         self.backup_status(namespace, &name, json!({"phase": "running"}));
 
-        let fault = self.take_fault(|f| !matches!(f, Fault::RestoreCannotReachTarget));
+        let fault = self.take_fault(|f| !matches!(f, Fault::RestoreCannotReachTarget | Fault::WrongCa));
         match fault {
             Some(Fault::PodRestartMidBackup) => {
                 put_pod(&self.store, namespace, &pod_name, "containerd://source-1-restarted", BTreeMap::new());
@@ -256,6 +262,25 @@ impl Operator {
         let result = match self.take_fault(|f| *f == Fault::RestoreCannotReachTarget) {
             Some(_) => Err("FATAL:  recovery ended before configured recovery target was reached".to_string()),
             None => self.restore(&namespace, &name, &cluster).await,
+        };
+        let wrong_ca = self.take_fault(|f| *f == Fault::WrongCa).is_some();
+        let result = match result {
+            Ok(instance) => match serve_tls(&self.work_dir.join(&name), &name, &namespace, &instance, wrong_ca).await {
+                Ok(ca) => {
+                    self.store.put(SECRETS, json!({
+                        "metadata": {"name": format!("{name}-ca"), "namespace": namespace, "labels": {"cnpg.io/cluster": name}},
+                        "type": "Opaque",
+                        "data": {"ca.crt": base64::engine::general_purpose::STANDARD.encode(ca)},
+                    }));
+                    Ok(instance)
+                }
+                Err(error) => {
+                    eprintln!("fake operator: cannot set up TLS for Cluster {namespace}/{name}: {error}");
+                    self.restored.lock().unwrap().push(instance);
+                    Err(format!("cannot set up TLS: {error}"))
+                }
+            },
+            Err(error) => Err(error),
         };
         match result {
             Ok(instance) => {
@@ -358,6 +383,99 @@ impl Operator {
         }
         local::restore(&plan, &store).await.map_err(|e| e.to_string())
     }
+}
+
+/// Runs the `openssl` CLI in `dir`.
+async fn openssl(dir: &Path, args: &[&str]) -> Result<(), String> {
+    let out = tokio::process::Command::new("openssl").args(args).current_dir(dir).output().await.map_err(|e| format!("cannot run openssl: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("openssl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(())
+}
+
+/// Creates a self-signed CA certificate `<stem>.crt` with the key `<stem>.key` in `dir`.
+async fn make_ca(dir: &Path, stem: &str, common_name: &str) -> Result<(), String> {
+    let (key, crt, subject) = (format!("{stem}.key"), format!("{stem}.crt"), format!("/CN={common_name}"));
+    openssl(dir, &[
+        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+        "-keyout", &key, "-out", &crt, "-subj", &subject,
+        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+    ])
+    .await
+}
+
+/// Makes `instance` serve TLS as a CNPG instance does: a server certificate for 127.0.0.1 and
+/// the `-rw`, `-r` and `-ro` service names, signed by a CA made for the cluster, and a
+/// `pg_hba.conf` whose only TCP rule is `hostssl`. Returns the PEM to publish as `ca.crt`:
+/// the cluster's CA, or with `wrong_ca` one that did not sign the server certificate.
+async fn serve_tls(dir: &Path, name: &str, namespace: &str, instance: &RestoredInstance, wrong_ca: bool) -> Result<Vec<u8>, String> {
+    let dir = dir.join("tls");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    make_ca(&dir, "ca", &format!("{name}-ca")).await?;
+    let subject = format!("/CN={name}-rw");
+    openssl(&dir, &["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", &subject]).await?;
+    let services = ["rw", "r", "ro"]
+        .iter()
+        .flat_map(|s| [format!("DNS:{name}-{s}"), format!("DNS:{name}-{s}.{namespace}.svc")])
+        .collect::<Vec<_>>()
+        .join(",");
+    let extensions = format!(
+        "subjectAltName=IP:127.0.0.1,{services}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n"
+    );
+    std::fs::write(dir.join("server.ext"), extensions).map_err(|e| e.to_string())?;
+    openssl(&dir, &[
+        "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
+        "-extfile", "server.ext", "-out", "server.crt",
+    ])
+    .await?;
+
+    // PostgreSQL reads the key only when the database's OS user owns it with mode 0600.
+    let data = &instance.data_dir;
+    let owner = std::fs::metadata(data).map_err(|e| e.to_string())?;
+    for file in ["server.crt", "server.key"] {
+        let target = data.join(file);
+        std::fs::copy(dir.join(file), &target).map_err(|e| format!("copy {file}: {e}"))?;
+        std::os::unix::fs::chown(&target, Some(owner.uid()), Some(owner.gid())).map_err(|e| format!("chown {file}: {e}"))?;
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).map_err(|e| format!("chmod {file}: {e}"))?;
+    }
+    let hba = "local all all trust\nhostssl all all 127.0.0.1/32 trust\n";
+    std::fs::write(data.join("pg_hba.conf"), hba).map_err(|e| format!("write pg_hba.conf: {e}"))?;
+
+    let mut config = tokio_postgres::Config::new();
+    config.host_path(&instance.socket_dir).port(instance.port).user(&instance.user).dbname(&instance.dbname);
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await.map_err(|e| format!("connect through the socket: {e}"))?;
+    tokio::spawn(connection);
+    // One statement a call, because ALTER SYSTEM cannot run in the implicit transaction of a
+    // multi-statement query.
+    for statement in [
+        "ALTER SYSTEM SET ssl = on",
+        "ALTER SYSTEM SET ssl_cert_file = 'server.crt'",
+        "ALTER SYSTEM SET ssl_key_file = 'server.key'",
+        "SELECT pg_reload_conf()",
+    ] {
+        client.batch_execute(statement).await.map_err(|e| format!("{statement}: {}", visage_dr::verify::database::error_text(&e)))?;
+    }
+    // The postmaster applies the reload asynchronously; a new session shows when it has.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (client, connection) = config.connect(tokio_postgres::NoTls).await.map_err(|e| format!("connect through the socket: {e}"))?;
+        tokio::spawn(connection);
+        let ssl: String = client.query_one("SHOW ssl", &[]).await.map_err(|e| e.to_string())?.get(0);
+        if ssl == "on" {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            return Err("ssl is still off 10 s after pg_reload_conf(); see the instance log".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    if wrong_ca {
+        make_ca(&dir, "other-ca", &format!("{name}-ca")).await?;
+        return std::fs::read(dir.join("other-ca.crt")).map_err(|e| e.to_string());
+    }
+    std::fs::read(dir.join("ca.crt")).map_err(|e| e.to_string())
 }
 
 /// Creates or replaces a running pod with one container of id `container_id`.
