@@ -7,8 +7,8 @@
 //! its `externalClusters` entry. The restored instance listens on a loopback port, which the
 //! `<name>-superuser` Secret publishes, and the Cluster gets the ready status. Like a CNPG
 //! instance, it serves TLS with a server certificate from the cluster's own CA, which the
-//! `<name>-ca` Secret publishes as `ca.crt`, and its `pg_hba.conf` accepts TCP connections
-//! only over TLS (`hostssl`). Faults are scripted per test step.
+//! `<name>-ca` Secret publishes as `ca.crt`; the `pg_hba.conf` of a verify scratch cluster
+//! accepts TCP connections only over TLS (`hostssl`), and that of other clusters also plain. Faults are scripted per test step.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -265,7 +265,9 @@ impl Operator {
         };
         let wrong_ca = self.take_fault(|f| *f == Fault::WrongCa).is_some();
         let result = match result {
-            Ok(instance) => match serve_tls(&self.work_dir.join(&name), &name, &namespace, &instance, wrong_ca).await {
+            // Scratch clusters of verify require TLS, to prove verify uses it; recovery
+            // clusters offer it, as CNPG's default pg_hba does.
+            Ok(instance) => match serve_tls(&self.work_dir.join(&name), &name, &namespace, &instance, wrong_ca, name.starts_with("visage-dr-verify-")).await {
                 Ok(ca) => {
                     self.store.put(SECRETS, json!({
                         "metadata": {"name": format!("{name}-ca"), "namespace": namespace, "labels": {"cnpg.io/cluster": name}},
@@ -407,9 +409,10 @@ async fn make_ca(dir: &Path, stem: &str, common_name: &str) -> Result<(), String
 
 /// Makes `instance` serve TLS as a CNPG instance does: a server certificate for 127.0.0.1 and
 /// the `-rw`, `-r` and `-ro` service names, signed by a CA made for the cluster, and a
-/// `pg_hba.conf` whose only TCP rule is `hostssl`. Returns the PEM to publish as `ca.crt`:
-/// the cluster's CA, or with `wrong_ca` one that did not sign the server certificate.
-async fn serve_tls(dir: &Path, name: &str, namespace: &str, instance: &RestoredInstance, wrong_ca: bool) -> Result<Vec<u8>, String> {
+/// `pg_hba.conf` whose only TCP rule is `hostssl` when `require` is set, or `host` (TLS
+/// offered, not required) otherwise. Returns the PEM to publish as `ca.crt`: the cluster's
+/// CA, or with `wrong_ca` one that did not sign the server certificate.
+async fn serve_tls(dir: &Path, name: &str, namespace: &str, instance: &RestoredInstance, wrong_ca: bool, require: bool) -> Result<Vec<u8>, String> {
     let dir = dir.join("tls");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     make_ca(&dir, "ca", &format!("{name}-ca")).await?;
@@ -439,7 +442,7 @@ async fn serve_tls(dir: &Path, name: &str, namespace: &str, instance: &RestoredI
         std::os::unix::fs::chown(&target, Some(owner.uid()), Some(owner.gid())).map_err(|e| format!("chown {file}: {e}"))?;
         std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).map_err(|e| format!("chmod {file}: {e}"))?;
     }
-    let hba = "local all all trust\nhostssl all all 127.0.0.1/32 trust\n";
+    let hba = if require { "local all all trust\nhostssl all all 127.0.0.1/32 trust\n" } else { "local all all trust\nhost all all 127.0.0.1/32 trust\n" };
     std::fs::write(data.join("pg_hba.conf"), hba).map_err(|e| format!("write pg_hba.conf: {e}"))?;
 
     let mut config = tokio_postgres::Config::new();
