@@ -18,17 +18,17 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use common::pg::{self, PgServer};
 use common::*;
+use fake_kube::fixture::{source_spec, StopRestored, CLUSTER};
 use fake_kube::operator::{Fault, Operator, SourceCluster};
 use fake_kube::FakeKube;
 use serde_json::{json, Value};
 use visage_dr::cnpg::backup::{self, BackupOptions, BackupOutcome};
-use visage_dr::postgres::config::{Connection, DatabaseSpec, Driver, ObjectStore};
+use visage_dr::postgres::config::{DatabaseSpec, Driver};
 use visage_dr::postgres::local::OsUser;
 use visage_dr::postgres::records::{list_postgres_records, RunStatus};
 use visage_dr::repository::{RepoOptions, RepoUrl, Repository};
 
 const NAMESPACE: &str = "db";
-const CLUSTER: &str = "pg-main";
 const PLUGIN_CLUSTER: &str = "pg-plugin";
 const BACKUPS: &str = "postgresql.cnpg.io/backups";
 const CLUSTERS: &str = "postgresql.cnpg.io/clusters";
@@ -61,45 +61,6 @@ fn write_policy(dir: &Path, s3: &S3Server, bucket: &str) -> PathBuf {
     let path = dir.join("policy.yaml");
     std::fs::write(&path, policy).unwrap();
     path
-}
-
-/// Returns the local-driver spec with which the simulated operator backs up the source server.
-fn source_spec(s3: &S3Server, bucket: &str, dir: &Path, port: u16) -> DatabaseSpec {
-    DatabaseSpec {
-        name: CLUSTER.into(),
-        driver: Driver::Local,
-        object_store: ObjectStore {
-            destination_path: format!("s3://{bucket}/pg"),
-            server_name: "main".into(),
-            endpoint: Some(s3.endpoint.clone()),
-            region: Some(s3.region.clone()),
-            credentials_secret: None,
-            access_key_id_file: Some(dir.join("access-key")),
-            secret_access_key_file: Some(dir.join("secret-key")),
-            barman_object_name: None,
-        },
-        schedule: None,
-        retention: None,
-        connection: Some(Connection {
-            host: "127.0.0.1".into(),
-            port,
-            user: "postgres".into(),
-            dbname: "postgres".into(),
-            password_file: None,
-        }),
-        cluster: None,
-        namespace: None,
-        method: None,
-    }
-}
-
-/// Stops the operator's restored instances when the test ends, passed or not.
-struct StopRestored(std::sync::Arc<Operator>);
-
-impl Drop for StopRestored {
-    fn drop(&mut self) {
-        self.0.kill_restored();
-    }
 }
 
 struct Env {
@@ -149,14 +110,6 @@ fn delete_non_terminal(kube: &FakeKube) {
 /// Prints the start of a test step, so that a hang or a failure names its step.
 fn step(name: &str) {
     eprintln!("{} step: {name}", chrono::Utc::now().format("%H:%M:%S"));
-}
-
-async fn server_now(client: &tokio_postgres::Client) -> String {
-    let row = client
-        .query_one(r#"SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"#, &[])
-        .await
-        .unwrap();
-    row.get(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,7 +191,7 @@ async fn cnpg_backup_and_restore() {
     // B, the target, then C; everything archived.
     step("rows B and C");
     client.batch_execute("INSERT INTO t VALUES ('B')").await.unwrap();
-    let target = server_now(&client).await;
+    let target = pg::server_now(&client).await;
     client.batch_execute("INSERT INTO t VALUES ('C')").await.unwrap();
     source.switch_and_wait_archived().await;
 

@@ -14,17 +14,17 @@ use std::time::Duration;
 use base64::Engine as _;
 use common::pg::{self, PgServer};
 use common::*;
+use common::stack::{bucket_exists, components, push_checkpoint};
+use fake_kube::fixture::{source_spec, StopRestored, CLUSTER};
 use fake_kube::operator::{Operator, SourceCluster};
 use fake_kube::FakeKube;
 use serde_json::{json, Value};
-use visage_dr::postgres::config::{Connection, DatabaseSpec, Driver, ObjectStore};
 use visage_dr::postgres::local::OsUser;
 use visage_dr::repository::{RepoOptions, RepoUrl, Repository};
 use visage_dr::server::auth::TokenSet;
 use visage_dr::server::{self, ListenConfig, ServerConfig};
 
 const NAMESPACE: &str = "db";
-const CLUSTER: &str = "pg-main";
 const CLUSTERS: &str = "postgresql.cnpg.io/clusters";
 const PUSH_TOKEN: &str = "cnpg-stack-restore-push-token-0123456789";
 
@@ -58,74 +58,10 @@ fn write_policy(dir: &Path, s3: &S3Server, wal_bucket: &str, uploads: &str) -> S
     path.to_str().unwrap().to_owned()
 }
 
-/// Returns the local-driver spec with which the simulated operator backs up the source server.
-fn source_spec(s3: &S3Server, wal_bucket: &str, dir: &Path, port: u16) -> DatabaseSpec {
-    DatabaseSpec {
-        name: CLUSTER.into(),
-        driver: Driver::Local,
-        object_store: ObjectStore {
-            destination_path: format!("s3://{wal_bucket}/pg"),
-            server_name: "main".into(),
-            endpoint: Some(s3.endpoint.clone()),
-            region: Some(s3.region.clone()),
-            credentials_secret: None,
-            access_key_id_file: Some(dir.join("access-key")),
-            secret_access_key_file: Some(dir.join("secret-key")),
-            barman_object_name: None,
-        },
-        schedule: None,
-        retention: None,
-        connection: Some(Connection {
-            host: "127.0.0.1".into(),
-            port,
-            user: "postgres".into(),
-            dbname: "postgres".into(),
-            password_file: None,
-        }),
-        cluster: None,
-        namespace: None,
-        method: None,
-    }
-}
-
-/// Stops the operator's restored instances when the test ends, passed or not.
-struct StopRestored(Arc<Operator>);
-
-impl Drop for StopRestored {
-    fn drop(&mut self) {
-        self.0.kill_restored();
-    }
-}
-
 fn run(args: &[&str], env: &[(&str, String)]) -> (i32, String, String) {
     let out = visage_dr(args, env);
     let (stdout, stderr) = text(&out);
     (out.status.code().unwrap_or(-1), stdout, stderr)
-}
-
-async fn push(http: &reqwest::Client, addr: std::net::SocketAddr, job: &str, step: &str, data: &[u8]) {
-    let response = http
-        .put(format!("http://{addr}/v1/checkpoints/{job}/{step}"))
-        .bearer_auth(PUSH_TOKEN)
-        .header("X-Content-SHA256", sha256_hex(data))
-        .body(data.to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 201, "push of {job}/{step}");
-}
-
-async fn bucket_exists(s3: &S3Server, bucket: &str) -> bool {
-    s3.client().head_bucket().bucket(bucket).send().await.is_ok()
-}
-
-fn components(outcome: &Value) -> Vec<(String, bool, String)> {
-    outcome["components"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| (c["component"].as_str().unwrap().to_owned(), c["ok"].as_bool().unwrap(), c["detail"].as_str().unwrap().to_owned()))
-        .collect()
 }
 
 /// Prints the start of a test step, so that a hang or a failure names its step.
@@ -189,7 +125,7 @@ async fn cnpg_restore_brings_all_three_back() {
         .unwrap();
     let photo1 = random_bytes(50_000, 1);
     s3.put(&uploads, "u/1.jpg", photo1.clone()).await;
-    push(&http, api.addr, "lora-a", "step-100", &random_bytes(300_000, 11)).await;
+    push_checkpoint(&http, api.addr, PUSH_TOKEN, "lora-a", "step-100", &random_bytes(300_000, 11)).await;
     let (code, stdout, stderr) = run(&["run", "--policy", &policy, "--job", "postgres:app", "--json"], &env);
     assert_eq!(code, 0, "{stderr}\n{stdout}");
     let (code, _, stderr) = run(&["run", "--policy", &policy, "--job", "bucket:uploads"], &env);
@@ -201,7 +137,7 @@ async fn cnpg_restore_brings_all_three_back() {
     let photo2 = random_bytes(60_000, 2);
     s3.put(&uploads, "u/2.jpg", photo2.clone()).await;
     let ckpt2 = random_bytes(300_000, 12);
-    push(&http, api.addr, "lora-a", "step-200", &ckpt2).await;
+    push_checkpoint(&http, api.addr, PUSH_TOKEN, "lora-a", "step-200", &ckpt2).await;
     let (code, _, stderr) = run(&["run", "--policy", &policy, "--job", "bucket:uploads"], &env);
     assert_eq!(code, 0, "{stderr}");
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -213,7 +149,7 @@ async fn cnpg_restore_brings_all_three_back() {
     client.batch_execute("INSERT INTO images VALUES (4, 'u/3.jpg')").await.unwrap();
     s3.put(&uploads, "u/3.jpg", random_bytes(70_000, 3)).await;
     s3.put(&uploads, "u/1.jpg", random_bytes(50_000, 99)).await;
-    push(&http, api.addr, "lora-a", "step-300", &random_bytes(300_000, 13)).await;
+    push_checkpoint(&http, api.addr, PUSH_TOKEN, "lora-a", "step-300", &random_bytes(300_000, 13)).await;
     let (code, _, stderr) = run(&["run", "--policy", &policy, "--job", "bucket:uploads"], &env);
     assert_eq!(code, 0, "{stderr}");
     let after_t3 = pg::server_now(&client).await;

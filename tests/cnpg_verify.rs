@@ -18,17 +18,17 @@ use base64::Engine as _;
 use chrono::Utc;
 use common::pg::{self, PgServer};
 use common::*;
+use fake_kube::fixture::{source_spec, StopRestored, CLUSTER};
 use fake_kube::operator::{Fault, Operator, SourceCluster};
 use fake_kube::FakeKube;
 use serde_json::{json, Value};
 use visage_dr::cnpg::restore::RestoreSettings;
 use visage_dr::cnpg::scratch::{self, EXPIRES_ANNOTATION, EXPIRES_LABEL, SCRATCH_LABEL, SCRATCH_VALUE};
-use visage_dr::postgres::config::{CnpgMethod, Connection, DatabaseSpec, Driver, ObjectStore};
+use visage_dr::postgres::config::{CnpgMethod, DatabaseSpec, Driver, ObjectStore};
 use visage_dr::postgres::local::OsUser;
 use visage_dr::postgres::target_time::TargetTime;
 
 const NAMESPACE: &str = "db";
-const CLUSTER: &str = "pg-main";
 const CLUSTERS: &str = "postgresql.cnpg.io/clusters";
 
 /// Writes a policy with the cnpg database `app` of the Cluster `pg-main`, verified in the
@@ -74,45 +74,6 @@ verification:
     let path = dir.join("policy.yaml");
     std::fs::write(&path, policy).unwrap();
     path
-}
-
-/// Returns the local-driver spec with which the simulated operator backs up the source server.
-fn source_spec(s3: &S3Server, bucket: &str, dir: &Path, port: u16) -> DatabaseSpec {
-    DatabaseSpec {
-        name: CLUSTER.into(),
-        driver: Driver::Local,
-        object_store: ObjectStore {
-            destination_path: format!("s3://{bucket}/pg"),
-            server_name: "main".into(),
-            endpoint: Some(s3.endpoint.clone()),
-            region: Some(s3.region.clone()),
-            credentials_secret: None,
-            access_key_id_file: Some(dir.join("access-key")),
-            secret_access_key_file: Some(dir.join("secret-key")),
-            barman_object_name: None,
-        },
-        schedule: None,
-        retention: None,
-        connection: Some(Connection {
-            host: "127.0.0.1".into(),
-            port,
-            user: "postgres".into(),
-            dbname: "postgres".into(),
-            password_file: None,
-        }),
-        cluster: None,
-        namespace: None,
-        method: None,
-    }
-}
-
-/// Stops the operator's restored instances when the test ends, passed or not.
-struct StopRestored(std::sync::Arc<Operator>);
-
-impl Drop for StopRestored {
-    fn drop(&mut self) {
-        self.0.kill_restored();
-    }
 }
 
 /// Prints the start of a test step, so that a hang or a failure names its step.

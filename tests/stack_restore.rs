@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::pg::{self, PgServer};
 use common::*;
+use common::stack::{bucket_exists, components, push_checkpoint};
 use serde_json::Value;
 use visage_dr::repository::{RepoOptions, RepoUrl, Repository};
 use visage_dr::server::auth::TokenSet;
@@ -61,31 +62,6 @@ fn run(args: &[&str], env: &[(&str, String)]) -> (i32, String, String) {
 }
 
 
-async fn push(http: &reqwest::Client, addr: std::net::SocketAddr, job: &str, step: &str, data: &[u8]) {
-    let response = http
-        .put(format!("http://{addr}/v1/checkpoints/{job}/{step}"))
-        .bearer_auth(PUSH_TOKEN)
-        .header("X-Content-SHA256", sha256_hex(data))
-        .body(data.to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 201, "push of {job}/{step}");
-}
-
-async fn bucket_exists(s3: &S3Server, bucket: &str) -> bool {
-    s3.client().head_bucket().bucket(bucket).send().await.is_ok()
-}
-
-fn components(outcome: &Value) -> Vec<(String, bool, String)> {
-    outcome["components"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| (c["component"].as_str().unwrap().to_owned(), c["ok"].as_bool().unwrap(), c["detail"].as_str().unwrap().to_owned()))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn restore_brings_all_three_back_to_one_instant() {
     let Some(s3) = garage() else { return };
@@ -115,7 +91,7 @@ async fn restore_brings_all_three_back_to_one_instant() {
         .unwrap();
     let photo1 = random_bytes(50_000, 1);
     s3.put(&uploads, "u/1.jpg", photo1.clone()).await;
-    push(&http, api.addr, "lora-a", "step-100", &random_bytes(300_000, 11)).await;
+    push_checkpoint(&http, api.addr, PUSH_TOKEN, "lora-a", "step-100", &random_bytes(300_000, 11)).await;
     let (code, stdout, stderr) = run(&["run", "--policy", &policy, "--all", "--except", "verification", "--json"], &env);
     assert_eq!(code, 0, "{stderr}\n{stdout}");
 
@@ -124,7 +100,7 @@ async fn restore_brings_all_three_back_to_one_instant() {
     let photo2 = random_bytes(60_000, 2);
     s3.put(&uploads, "u/2.jpg", photo2.clone()).await;
     let ckpt2 = random_bytes(300_000, 12);
-    push(&http, api.addr, "lora-a", "step-200", &ckpt2).await;
+    push_checkpoint(&http, api.addr, PUSH_TOKEN, "lora-a", "step-200", &ckpt2).await;
     let (code, _, stderr) = run(&["run", "--policy", &policy, "--job", "bucket:uploads"], &env);
     assert_eq!(code, 0, "{stderr}");
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -135,7 +111,7 @@ async fn restore_brings_all_three_back_to_one_instant() {
     client.batch_execute("INSERT INTO images VALUES (4, 'u/3.jpg')").await.unwrap();
     s3.put(&uploads, "u/3.jpg", random_bytes(70_000, 3)).await;
     s3.put(&uploads, "u/1.jpg", random_bytes(50_000, 99)).await;
-    push(&http, api.addr, "lora-a", "step-300", &random_bytes(300_000, 13)).await;
+    push_checkpoint(&http, api.addr, PUSH_TOKEN, "lora-a", "step-300", &random_bytes(300_000, 13)).await;
     let (code, _, stderr) = run(&["run", "--policy", &policy, "--job", "bucket:uploads"], &env);
     assert_eq!(code, 0, "{stderr}");
     source.switch_and_wait_archived().await;

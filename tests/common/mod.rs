@@ -5,6 +5,7 @@
 
 pub mod pg;
 pub mod pushgateway;
+pub mod stack;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -11,6 +11,7 @@
 //! Include it from a test crate with `#[path = "common/fake_kube/mod.rs"] mod fake_kube;`.
 #![allow(dead_code)]
 
+pub mod fixture;
 pub mod operator;
 pub mod schema;
 
