@@ -112,8 +112,8 @@ pub fn job_names(policy: &Policy) -> Vec<String> {
     planned_jobs(policy).into_iter().map(|j| j.name).collect()
 }
 
-/// The policy's jobs with their schedules, in cycle order; `None` for a job
-/// that runs only when asked for.
+/// Returns the policy's jobs with their schedules, in cycle order, and `None`
+/// for a job that runs only when asked for.
 pub fn job_schedules(policy: &Policy) -> Vec<(String, Option<Schedule>)> {
     planned_jobs(policy).into_iter().map(|j| (j.name, j.schedule)).collect()
 }
@@ -223,7 +223,7 @@ pub async fn run_cycle(policy: &Policy, repo: Arc<Repository>, opts: &CycleOptio
 /// # Errors
 ///
 /// [`RepoError`] when the run record cannot be written. A job that fails is
-/// not an error: its report says `failed`, with the reason.
+/// not an error: its report has the result `failed` and the reason.
 pub async fn run_scheduled(policy: &Policy, repo: Arc<Repository>, name: &str, slot: DateTime<Utc>) -> Result<JobReport, RepoError> {
     let jobs = planned_jobs(policy);
     let Some(job) = jobs.iter().find(|j| j.name == name) else {

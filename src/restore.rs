@@ -79,7 +79,7 @@ impl Components {
     }
 }
 
-/// What the operator asked for.
+/// The operator's request: target, components and destinations.
 #[derive(Debug, Clone)]
 pub struct StackRequest {
     pub target: TargetTime,
@@ -213,7 +213,7 @@ pub struct StackPlan {
     pub databases: Vec<DatabaseStep>,
     pub buckets: Vec<BucketStep>,
     pub checkpoints: Vec<CheckpointStep>,
-    /// What the restore refuses to do, stated up front.
+    /// Statements of what the restore will not do, printed with the plan.
     pub refusals: Vec<String>,
     /// Components that cannot be restored to the target; a plan with problems is not executed.
     pub problems: Vec<String>,
@@ -518,11 +518,11 @@ pub struct ReferenceResult {
     pub missing_count: u64,
     /// The first missing keys, at most 20.
     pub missing: Vec<String>,
-    /// Why the check could not run, when it could not.
+    /// Reason the check could not run, if it could not.
     pub error: Option<String>,
 }
 
-/// What a restore did.
+/// Outcome of a restore: each component, the reference checks, the RTO and the switch-over steps.
 #[derive(Debug, Clone, Serialize)]
 pub struct StackOutcome {
     pub components: Vec<ComponentResult>,

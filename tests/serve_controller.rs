@@ -52,7 +52,7 @@ impl Serve {
         reqwest::blocking_get_text(&format!("{}/metrics", self.base)).unwrap_or_default()
     }
 
-    /// The value of the sample whose name and labels start with `series`.
+    /// Returns the value of the sample whose name and labels start with `series`.
     fn metric(&self, series: &str) -> Option<f64> {
         sample(&self.metrics(), series)
     }
@@ -111,7 +111,7 @@ mod reqwest {
     }
 }
 
-/// The value of the first sample in `text` whose name and labels start with
+/// Returns the value of the first sample in `text` whose name and labels start with
 /// `series`, such as `visage_dr_job_last_run_status{job_name="bucket:a"`.
 fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
@@ -161,7 +161,7 @@ fn lock_files(repo: &Path) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn serve_runs_jobs_and_exports_their_metrics_from_start_up() {
+async fn serve_exports_job_metrics_from_start() {
     let Some(server) = garage() else { return };
     let dir = tempfile::tempdir().unwrap();
     let src = server.new_bucket("serve-src").await;
@@ -208,7 +208,7 @@ async fn serve_runs_jobs_and_exports_their_metrics_from_start_up() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn serve_applies_a_changed_policy_and_keeps_the_old_one_when_invalid() {
+async fn serve_reload_keeps_old_policy_when_invalid() {
     let Some(server) = garage() else { return };
     let dir = tempfile::tempdir().unwrap();
     let src = server.new_bucket("serve-reload").await;
@@ -270,7 +270,7 @@ async fn api_only_serves_checkpoints_and_runs_no_job() {
     assert_eq!(snapshot_count(&repo, &server.env()), 0);
 }
 
-/// A bucket whose snapshot takes a few seconds, so SIGTERM lands mid-run.
+/// Creates a bucket whose snapshot takes a few seconds, so SIGTERM lands mid-run.
 async fn slow_bucket(server: &S3Server) -> String {
     let src = server.new_bucket("serve-slow").await;
     for i in 0..48 {
@@ -285,7 +285,7 @@ fn wait_job_locked(serve: &Serve, repo: &Path) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn sigterm_abandons_a_job_past_the_grace_and_releases_its_locks() {
+async fn sigterm_abandons_run_and_releases_locks() {
     let Some(server) = garage() else { return };
     let dir = tempfile::tempdir().unwrap();
     let src = slow_bucket(&server).await;
@@ -363,12 +363,13 @@ async fn run_pushes_each_jobs_figures_to_a_pushgateway() {
     assert_eq!(sample(&pushed, ok), Some(0.0), "{pushed}");
     assert_eq!(sample(&pushed, success), Some(first_success), "{pushed}");
 
-    // An unreachable Pushgateway fails the run and says where it pushed.
+    // An unreachable Pushgateway fails the run, and the error names it and the job.
     let mut env = server.env();
     let closed = format!("http://127.0.0.1:{}", free_port());
     env.push(("VISAGE_DR_PUSHGATEWAY", closed.clone()));
     let out = visage_dr(&["run", "--policy", policy, "--job", "bucket:ok"], &env);
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains(&closed) && stderr.contains("bucket:ok"), "{stderr}");
+    assert!(stderr.contains(&closed), "{stderr}");
+    assert!(stderr.contains("bucket:ok"), "{stderr}");
 }

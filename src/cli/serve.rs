@@ -101,7 +101,7 @@ pub async fn serve(args: ServeArgs) -> Result<ExitCode, CliError> {
         .or_else(|| policy.as_ref().and_then(|p| p.checkpoints.as_ref()).and_then(|c| c.max_size))
         .map_or(server::DEFAULT_MAX_SIZE, |s| s.bytes());
     let metrics = Arc::new(Metrics::new());
-    // The controller starts first, so /readyz never sees the policy missing.
+    // The controller starts before the server, so /readyz always finds the policy loaded.
     let service = match (policy, &args.policy) {
         (Some(policy), Some(path)) if !args.api_only => {
             let settings = ServiceSettings {

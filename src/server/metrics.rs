@@ -426,7 +426,7 @@ pub async fn push_job(
     if let Some(figures) = verification {
         VerificationGauges::register(&mut registry).set(figures);
     }
-    // Label values go base64url-encoded, since a job name holds `:`.
+    // Label values go base64url-encoded, since a job name contains `:`.
     let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(report.job.as_bytes());
     let url = format!("{}/metrics/job/visage-dr/job_name@base64/{encoded}", gateway.trim_end_matches('/'));
     let failed = |reason: String| PushgatewayError::Push { url: gateway.to_owned(), job: report.job.clone(), reason };

@@ -222,7 +222,7 @@ pub async fn connect(port: u16) -> Result<tokio_postgres::Client, tokio_postgres
     Ok(client)
 }
 
-/// The server's clock as an RFC 3339 UTC instant with microseconds, for recovery targets.
+/// Returns the server's clock as an RFC 3339 UTC instant with microseconds, for recovery targets.
 pub async fn server_now(client: &tokio_postgres::Client) -> String {
     let row = client
         .query_one(r#"SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"#, &[])

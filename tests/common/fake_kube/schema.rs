@@ -47,7 +47,8 @@ impl CrdSchemas {
             backup: load(dir, "postgresql.cnpg.io_backups.yaml"),
             cluster: load(dir, "postgresql.cnpg.io_clusters.yaml"),
         };
-        assert!(schemas.backup.is_object() && schemas.cluster.is_object(), "CRD files in {} have no openAPIV3Schema", dir.display());
+        assert!(schemas.backup.is_object(), "the Backup CRD file in {} has no openAPIV3Schema", dir.display());
+        assert!(schemas.cluster.is_object(), "the Cluster CRD file in {} has no openAPIV3Schema", dir.display());
         schemas
     }
 
