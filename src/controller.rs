@@ -296,7 +296,7 @@ async fn run_job(policy: &Policy, repo: &Arc<Repository>, job: &PlannedJob, slot
                     bucket: b.bucket.clone(),
                     prefix: b.prefix.clone(),
                     s3: b.s3.clone(),
-                    concurrency: bucket::DEFAULT_CONCURRENCY,
+                    concurrency: bucket::DEFAULT_SNAPSHOT_CONCURRENCY,
                     tags: true,
                     progress,
                 },

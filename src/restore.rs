@@ -37,10 +37,8 @@ use crate::sources::checkpoint::{self, Catalogue, CheckpointRecord, FileRestore}
 /// Name of the file that marks a database directory as completely restored.
 pub const DONE_MARKER: &str = "visage-dr-restore.json";
 
-/// Storage size of each restored CNPG Cluster's instance. `restore postgres --storage-size`
-/// sets it for a single database.
-// NOTE: a database larger than this fails its recovery; the whole-stack restore has no
-// option to raise it yet.
+/// Storage size of a restored CNPG Cluster's instance when neither `--storage-size` nor
+/// a readable source Cluster gives one.
 pub const CNPG_STORAGE_SIZE: &str = "10Gi";
 
 /// Number of missing referenced keys listed by name.
@@ -95,6 +93,10 @@ pub struct StackRequest {
     pub databases_to: PathBuf,
     pub recovery_timeout: Duration,
     pub progress: bool,
+    /// Storage of each recovery Cluster; `None` copies the source Cluster's.
+    pub storage_size: Option<String>,
+    /// PostgreSQL image of each recovery Cluster; `None` copies the source Cluster's.
+    pub image_name: Option<String>,
 }
 
 /// Checks a suffix: it becomes part of bucket names, so lowercase letters,
@@ -146,14 +148,25 @@ pub enum DatabaseTarget {
     /// A local PostgreSQL instance in this directory.
     Local { directory: PathBuf },
     /// A CNPG Cluster, reached through its `<name>-rw` Service.
-    Cnpg { namespace: String, cluster: String, service: String },
+    Cnpg {
+        namespace: String,
+        cluster: String,
+        service: String,
+        storage_size: String,
+        /// `None`: the operator's default image.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        image_name: Option<String>,
+    },
 }
 
 impl std::fmt::Display for DatabaseTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             DatabaseTarget::Local { directory } => write!(f, "a new instance in {}", directory.display()),
-            DatabaseTarget::Cnpg { namespace, cluster, .. } => write!(f, "the new Cluster {namespace}/{cluster}"),
+            DatabaseTarget::Cnpg { namespace, cluster, storage_size, image_name, .. } => {
+                let image = image_name.as_deref().unwrap_or("the operator's default image");
+                write!(f, "the new Cluster {namespace}/{cluster} ({storage_size} of storage, {image})")
+            }
         }
     }
 }
@@ -437,6 +450,15 @@ async fn plan_cnpg_database(
     let store = ArchiveStore::open(&spec.object_store).map_err(|e| e.to_string())?;
     let catalogue = store.read_catalogue().await.map_err(|e| e.to_string())?;
     let chosen = catalogue.select_base_backup(req.target.as_datetime(), now, false).map_err(|e| e.to_string())?;
+    // The recovery Cluster gets the source Cluster's storage size and image
+    // unless the request names them. A dry run reads no Cluster, so its plan
+    // shows the fallback for what the request leaves open.
+    let (source_size, source_image) = match kube {
+        Some(client) if req.storage_size.is_none() || req.image_name.is_none() => {
+            cnpg::scratch::source_settings_or(client, spec, CNPG_STORAGE_SIZE).await.map_err(|e| e.to_string())?
+        }
+        _ => (CNPG_STORAGE_SIZE.to_owned(), None),
+    };
     let settings = RestoreSettings {
         name: name.clone(),
         namespace: source.namespace.clone(),
@@ -444,8 +466,8 @@ async fn plan_cnpg_database(
         recover_to_end_of_archive: chosen.stops_at_end_of_archive,
         backup_id: chosen.backup.id.to_string(),
         instances: 1,
-        storage_size: CNPG_STORAGE_SIZE.into(),
-        image_name: None,
+        storage_size: req.storage_size.clone().unwrap_or(source_size),
+        image_name: req.image_name.clone().or(source_image),
     };
     let manifest = cnpg_restore::cluster_manifest(spec, &settings).map_err(|e| e.to_string())?;
 
@@ -476,7 +498,13 @@ async fn plan_cnpg_database(
         base_backup_end: chosen.backup.end_time,
         wal_first: chosen.wal_first.to_string(),
         wal_last: chosen.wal_last.to_string(),
-        into: DatabaseTarget::Cnpg { namespace: settings.namespace.clone(), service: format!("{name}-rw"), cluster: name },
+        into: DatabaseTarget::Cnpg {
+            namespace: settings.namespace.clone(),
+            service: format!("{name}-rw"),
+            cluster: name,
+            storage_size: settings.storage_size.clone(),
+            image_name: settings.image_name.clone(),
+        },
         already_restored,
         work: DatabaseWork::Cnpg(Box::new(manifest)),
         spec: spec.clone(),
@@ -490,7 +518,7 @@ fn restore_options(step: &BucketStep, req: &StackRequest, dry_run: bool) -> Rest
         s3: step.s3.clone(),
         overwrite: req.overwrite,
         dry_run,
-        concurrency: bucket::DEFAULT_CONCURRENCY,
+        concurrency: bucket::DEFAULT_RESTORE_CONCURRENCY,
         multipart_threshold: bucket::DEFAULT_MULTIPART_THRESHOLD,
         part_size: bucket::DEFAULT_PART_SIZE,
         create_bucket: true,
@@ -672,7 +700,7 @@ async fn restore_cnpg_database(
     req: &StackRequest,
     kube: &kube::Client,
 ) -> Result<RestoredDatabase, String> {
-    let DatabaseTarget::Cnpg { namespace, cluster, service } = &step.into else {
+    let DatabaseTarget::Cnpg { namespace, cluster, service, .. } = &step.into else {
         return Err(format!("postgres {}: a cnpg restore needs a Cluster", step.name));
     };
     let show = req.progress;

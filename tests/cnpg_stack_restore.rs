@@ -197,6 +197,21 @@ async fn cnpg_restore_brings_all_three_back() {
     assert!(kube.store.get(CLUSTERS, NAMESPACE, &restored_cluster).is_none(), "the dry run created a Cluster");
     assert!(!bucket_exists(&s3, &restored_bucket).await, "the dry run created a bucket");
     assert!(!ckpt_dir.exists(), "the dry run created {}", ckpt_dir.display());
+    // A dry run reads no source Cluster, so it shows the fallback size and image.
+    assert_eq!(database["into"]["storage_size"], "10Gi", "{database}");
+    assert!(database["into"].get("image_name").is_none(), "{database}");
+
+    // --storage-size and --image-name set the new Cluster's size and image; a size that is
+    // not a Kubernetes quantity is a usage error naming it.
+    let image = "ghcr.io/cloudnative-pg/postgresql:15.8";
+    let (code, stdout, stderr) = call(args(&target, &["--dry-run", "--storage-size", "20Gi", "--image-name", image]));
+    assert_eq!(code, 0, "{stderr}");
+    let sized: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(sized["plan"]["databases"][0]["into"]["storage_size"], "20Gi", "{sized}");
+    assert_eq!(sized["plan"]["databases"][0]["into"]["image_name"], image, "{sized}");
+    let (code, _, stderr) = call(args(&target, &["--dry-run", "--storage-size", "20GB"]));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("\"20GB\" is not a storage quantity"), "{stderr}");
 
     // The restore: exit 1, because the database references an object the bucket never had.
     step("restore");
@@ -222,6 +237,9 @@ async fn cnpg_restore_brings_all_three_back() {
     let base_backup = result["plan"]["databases"][0]["base_backup"].as_str().unwrap();
     assert!(annotation.ends_with(&format!("backup {base_backup}")), "{annotation}");
     assert_eq!(applied["spec"]["bootstrap"]["recovery"]["recoveryTarget"]["backupID"], base_backup);
+    // Without --storage-size the new Cluster gets the source Cluster's storage.
+    assert_eq!(applied["spec"]["storage"]["size"], "1Gi", "{applied}");
+    assert_eq!(result["plan"]["databases"][0]["into"]["storage_size"], "1Gi", "{result}");
 
     // Database rows: exactly those of T1 and T2, read through the superuser Secret's port.
     let secret = kube.store.get("/secrets", NAMESPACE, &format!("{restored_cluster}-superuser")).unwrap();

@@ -36,7 +36,7 @@ pub struct SnapshotBucketArgs {
     #[command(flatten)]
     pub s3: BucketS3Args,
     /// Objects read at the same time.
-    #[arg(long, default_value_t = bucket::DEFAULT_CONCURRENCY as u64, value_parser = clap::value_parser!(u64).range(1..=256))]
+    #[arg(long, default_value_t = bucket::DEFAULT_SNAPSHOT_CONCURRENCY as u64, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub concurrency: u64,
     /// Packs uploaded to the repository at the same time.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=64))]
@@ -87,7 +87,7 @@ pub struct RestoreBucketArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// Objects written at the same time.
-    #[arg(long, default_value_t = bucket::DEFAULT_CONCURRENCY as u64, value_parser = clap::value_parser!(u64).range(1..=256))]
+    #[arg(long, default_value_t = bucket::DEFAULT_RESTORE_CONCURRENCY as u64, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub concurrency: u64,
     /// Objects larger than this many bytes are written with a multipart upload.
     #[arg(long, default_value_t = bucket::DEFAULT_MULTIPART_THRESHOLD, value_name = "BYTES")]

@@ -46,12 +46,31 @@ pub struct StackArgs {
     /// Seconds to wait for each database's recovery.
     #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
     pub recovery_timeout: u64,
+    /// Storage of each recovery Cluster (driver: cnpg), a Kubernetes quantity such as 20Gi. Default: the source Cluster's, or 10Gi when it cannot be read.
+    #[arg(long, value_name = "QUANTITY", value_parser = parse_quantity)]
+    pub storage_size: Option<String>,
+    /// PostgreSQL image of each recovery Cluster (driver: cnpg). Default: the source Cluster's, or the operator's default when it cannot be read.
+    #[arg(long, value_name = "IMAGE")]
+    pub image_name: Option<String>,
     /// Print the plan and stop: nothing is created, started or written.
     #[arg(long)]
     pub dry_run: bool,
     /// Print the plan and the outcome as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Accepts a Kubernetes storage quantity: digits with an optional binary or
+/// decimal suffix.
+fn parse_quantity(text: &str) -> Result<String, String> {
+    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let suffix = &text[digits.len()..];
+    let known = ["", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "k", "M", "G", "T", "P", "E"];
+    if !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit()) && known.contains(&suffix) {
+        Ok(text.to_owned())
+    } else {
+        Err(format!("{text:?} is not a storage quantity; write a whole number with a suffix such as Gi: 20Gi"))
+    }
 }
 
 fn absolute(path: PathBuf) -> Result<PathBuf, CliError> {
@@ -87,6 +106,8 @@ pub async fn stack(a: StackArgs) -> Result<ExitCode, CliError> {
         overwrite: a.overwrite,
         recovery_timeout: Duration::from_secs(a.recovery_timeout),
         progress: !a.json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        storage_size: a.storage_size.clone(),
+        image_name: a.image_name.clone(),
     };
     // A dry run contacts no Kubernetes API, so it has no client.
     let kube = if !a.dry_run && restore::needs_kubernetes(&policy, only) {

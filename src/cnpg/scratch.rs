@@ -204,8 +204,12 @@ pub const FALLBACK_STORAGE: &str = "1Gi";
 
 /// Storage size and PostgreSQL image of the source Cluster of `spec`, so that the scratch
 /// cluster fits the data and runs the backup's major version. A missing source (a restore
-/// after a disaster) falls back to [`FALLBACK_STORAGE`] and the operator's default image.
-pub async fn source_settings(client: &kube::Client, spec: &DatabaseSpec) -> Result<(String, Option<String>), CnpgError> {
+/// after a disaster) falls back to `fallback_storage` and the operator's default image.
+pub async fn source_settings_or(
+    client: &kube::Client,
+    spec: &DatabaseSpec,
+    fallback_storage: &str,
+) -> Result<(String, Option<String>), CnpgError> {
     let source = Target::of(spec)?;
     let clusters: Api<Cluster> = Api::namespaced(client.clone(), &source.namespace);
     let cluster = clusters
@@ -213,11 +217,19 @@ pub async fn source_settings(client: &kube::Client, spec: &DatabaseSpec) -> Resu
         .await
         .map_err(CnpgError::api(format!("get Cluster {}/{}", source.namespace, source.cluster)))?;
     let Some(cluster) = cluster else {
-        tracing::warn!(pg.cluster = %source.cluster, "the source Cluster was not found; the scratch cluster gets {FALLBACK_STORAGE} and the operator's default image");
-        return Ok((FALLBACK_STORAGE.into(), None));
+        tracing::warn!(
+            pg.cluster = %source.cluster,
+            "the source Cluster was not found; the new Cluster gets {fallback_storage} of storage and the operator's default image"
+        );
+        return Ok((fallback_storage.into(), None));
     };
-    let size = cluster.spec.storage.map(|s| s.size).unwrap_or_else(|| FALLBACK_STORAGE.into());
+    let size = cluster.spec.storage.map(|s| s.size).unwrap_or_else(|| fallback_storage.into());
     Ok((size, cluster.spec.image_name))
+}
+
+/// [`source_settings_or`] with [`FALLBACK_STORAGE`], for scratch clusters.
+pub async fn source_settings(client: &kube::Client, spec: &DatabaseSpec) -> Result<(String, Option<String>), CnpgError> {
+    source_settings_or(client, spec, FALLBACK_STORAGE).await
 }
 
 /// Sets the expiry of a kept scratch Cluster with a JSON merge patch.

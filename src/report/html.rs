@@ -184,7 +184,7 @@ pub fn render_html(report: &Report, history: &[Report]) -> String {
     if !report.databases.is_empty() {
         out.push_str("<h2>Databases</h2>\n");
         let rows: Vec<_> = database_rows(report).into_iter().map(plain).collect();
-        table(&mut out, "databases", &["Database", "Base backup", "WAL range", "Ready after", "Newest restored change"], &rows);
+        table(&mut out, "databases", &["Database", "Base backup", "WAL range", "Ready after", "Newest restored change", "Connection"], &rows);
     }
     let snapshots = snapshot_rows(report);
     if !snapshots.is_empty() {

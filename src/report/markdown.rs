@@ -32,7 +32,7 @@ pub fn render_markdown(report: &Report, history: &[Report]) -> String {
     if !report.databases.is_empty() {
         out.push_str("## Databases\n\n");
         let rows: Vec<Vec<String>> = database_rows(report).into_iter().map(Vec::from).collect();
-        table(&mut out, &["Database", "Base backup", "WAL range", "Ready after", "Newest restored change"], &rows);
+        table(&mut out, &["Database", "Base backup", "WAL range", "Ready after", "Newest restored change", "Connection"], &rows);
     }
     let snapshots = snapshot_rows(report);
     if !snapshots.is_empty() {

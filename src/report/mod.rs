@@ -412,7 +412,7 @@ pub(crate) fn summary_rows(report: &Report) -> Vec<(&'static str, String)> {
 }
 
 /// Rows of the database table: name, base backup, WAL range, ready time, newest change.
-pub(crate) fn database_rows(report: &Report) -> Vec<[String; 5]> {
+pub(crate) fn database_rows(report: &Report) -> Vec<[String; 6]> {
     report
         .databases
         .iter()
@@ -433,7 +433,12 @@ pub(crate) fn database_rows(report: &Report) -> Vec<[String; 5]> {
                 wal.push_str(", to the end of the archive");
             }
             let newest = d.newest_change.map(time_text).unwrap_or_else(|| "-".to_owned());
-            [d.name.clone(), backup, wal, optional_duration(d.ready_seconds), newest]
+            let connection = match d.tls {
+                Some(true) => "TLS",
+                Some(false) => "plain",
+                None => "-",
+            };
+            [d.name.clone(), backup, wal, optional_duration(d.ready_seconds), newest, connection.to_owned()]
         })
         .collect()
 }

@@ -113,6 +113,20 @@ fn markdown_escapes_cells() {
 }
 
 #[test]
+fn reports_show_how_the_checks_connected() {
+    let mut report = sample_report(0, Outcome::Pass);
+    let text = render_markdown(&report, &[]);
+    assert!(text.contains("| Connection |"), "no Connection column:\n{text}");
+    assert!(text.contains("| TLS |"), "the TLS session is not shown:\n{text}");
+    report.databases[0].tls = Some(false);
+    assert!(render_markdown(&report, &[]).contains("| plain |"));
+    assert!(render_html(&report, &[]).contains("<td>plain</td>"));
+    report.databases[0].tls = None;
+    let text = render_markdown(&report, &[]);
+    assert!(!text.contains("| plain |") && !text.contains("| TLS |"), "a local database shows a TCP session:\n{text}");
+}
+
+#[test]
 fn html_is_self_contained() {
     let history: Vec<Report> = (0..3).map(|m| sample_report(m, Outcome::Pass)).collect();
     let report = sample_report(10, Outcome::Fail);

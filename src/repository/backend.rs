@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use aws_sdk_s3::operation::get_object::GetObjectOutput;
+use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use tokio::io::AsyncWriteExt;
 
@@ -311,6 +312,25 @@ impl S3Backend {
         &self.bucket
     }
 
+    /// Reads a GetObject body into one buffer sized from its Content-Length,
+    /// so that a 16 MiB pack takes 16 MiB, not its pieces plus a copy.
+    async fn read_body(&self, out: GetObjectOutput, key: &str) -> Result<Bytes, BackendError> {
+        let failed = |detail: String| S3Error::Other {
+            operation: "GetObject",
+            endpoint: self.settings.endpoint_display(),
+            bucket: self.bucket.clone(),
+            key: key.to_owned(),
+            detail,
+        };
+        let expected = out.content_length.unwrap_or(0).max(0) as usize;
+        let mut body = out.body;
+        let mut buf = BytesMut::with_capacity(expected);
+        while let Some(piece) = body.try_next().await.map_err(|e| failed(format!("reading the body failed: {e}")))? {
+            buf.extend_from_slice(&piece);
+        }
+        Ok(buf.freeze())
+    }
+
     pub fn settings(&self) -> &S3Settings {
         &self.settings
     }
@@ -331,6 +351,11 @@ impl Backend for S3Backend {
             .key(&full)
             .content_length(len as i64)
             .body(data.into())
+            .customize()
+            // The payload is not hashed for the signature: readers check
+            // every blob against its SHA-256, and writers check the stored
+            // length (design: write ordering).
+            .disable_payload_signing()
             .send()
             .await
             .map_err(|e| self.settings.classify("PutObject", &self.bucket, &full, e))?;
@@ -348,14 +373,7 @@ impl Backend for S3Backend {
             .send()
             .await
             .map_err(|e| self.settings.classify("GetObject", &self.bucket, &full, e))?;
-        let data = out.body.collect().await.map_err(|e| S3Error::Other {
-            operation: "GetObject",
-            endpoint: self.settings.endpoint_display(),
-            bucket: self.bucket.clone(),
-            key: full.clone(),
-            detail: format!("reading the body failed: {e}"),
-        })?;
-        let data = data.into_bytes();
+        let data = self.read_body(out, &full).await?;
         self.counters.get(data.len() as u64);
         Ok(data)
     }
@@ -374,18 +392,7 @@ impl Backend for S3Backend {
             .send()
             .await
             .map_err(|e| self.settings.classify("GetObject", &self.bucket, &full, e))?;
-        let data = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| S3Error::Other {
-                operation: "GetObject",
-                endpoint: self.settings.endpoint_display(),
-                bucket: self.bucket.clone(),
-                key: full.clone(),
-                detail: format!("reading the body failed: {e}"),
-            })?
-            .into_bytes();
+        let data = self.read_body(out, &full).await?;
         self.counters.get(data.len() as u64);
         Ok(data)
     }

@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 
 use super::index::{BlobEntry, PackEntry};
 use super::lock::LockGuard;
-use super::pack::{decode_frame, pack_key, write_index, WriteStats};
+use super::pack::{decode_frame, pack_key, write_index, Frame, WriteStats};
 use super::{RepoError, Repository};
 use crate::id::{BlobId, IndexId, PackId};
 
@@ -164,7 +164,7 @@ pub async fn collect_garbage(
                 key: pack_key(pack),
                 reason: format!("blob {}: {reason}; run `visage-dr check --read-data`", b.id),
             })?;
-            writer.add_frame_forced(b.id, b.raw_length, frame.to_vec()).await?;
+            writer.add_frame_forced(b.id, b.raw_length, Frame::Encoded(frame.to_vec())).await?;
         }
         debug!(pack.id = %pack, pack.live_blobs = live.len(), "pack rewritten");
     }

@@ -17,7 +17,7 @@ use tracing::{debug, info};
 use super::backend::BackendError;
 use super::index::{BlobEntry, IndexFile, PackEntry, INDEX_VERSION};
 use super::{encode_json, RepoError, Repository};
-use crate::id::{BlobId, Digest, IndexId, PackId};
+use crate::id::{BlobId, Digest, Hasher, IndexId, PackId};
 
 /// Target pack size. 16 MiB keeps a 1 GB bucket to about 60 uploads while a
 /// few packs in flight stay well inside the memory budget.
@@ -50,9 +50,109 @@ pub fn decode_frame(id: &BlobId, frame: &[u8], raw_length: u64) -> Result<Bytes,
     Ok(Bytes::from(data))
 }
 
-/// Compresses a blob into a frame at `level`.
-pub fn encode_frame(data: &[u8], level: i32) -> Vec<u8> {
-    zstd::bulk::compress(data, level).expect("zstd compresses in memory")
+/// A blob encoded for a pack.
+pub enum Frame {
+    /// A complete zstd frame: compressed, or copied from another pack.
+    Encoded(Vec<u8>),
+    /// A blob to be written as a zstd frame of raw blocks, straight into the
+    /// pack buffer, without a copy of its own.
+    Raw(Bytes),
+}
+
+impl Frame {
+    /// Length of the frame as stored.
+    pub fn len(&self) -> usize {
+        match self {
+            Frame::Encoded(f) => f.len(),
+            Frame::Raw(data) => raw_frame_len(data.len()),
+        }
+    }
+
+    fn write_to(&self, out: &mut Vec<u8>) {
+        match self {
+            Frame::Encoded(f) => out.extend_from_slice(f),
+            Frame::Raw(data) => write_raw_frame(data, out),
+        }
+    }
+}
+
+/// Encodes a blob as a zstd frame at `level`. A blob whose samples do not
+/// compress (random image bytes, trained weights) is stored in raw blocks,
+/// which costs a copy instead of a compression pass; either way the frame
+/// is a standard zstd frame that any zstd decoder reads.
+pub fn encode_frame(data: Bytes, level: i32) -> Frame {
+    if looks_incompressible(&data, level) {
+        return Frame::Raw(data);
+    }
+    Frame::Encoded(zstd::bulk::compress(&data, level).expect("zstd compresses in memory"))
+}
+
+/// Bytes compressed from each of three places of a blob to judge it.
+const SAMPLE_LEN: usize = 32 * 1024;
+
+/// True when compressing samples from the start, middle and end of `data`
+/// saves less than 2 % of their size. Blobs shorter than four samples are
+/// always compressed.
+fn looks_incompressible(data: &[u8], level: i32) -> bool {
+    if data.len() < 4 * SAMPLE_LEN {
+        return false;
+    }
+    let starts = [0, data.len() / 2 - SAMPLE_LEN / 2, data.len() - SAMPLE_LEN];
+    let mut compressed = 0;
+    for start in starts {
+        let sample = &data[start..start + SAMPLE_LEN];
+        compressed += zstd::bulk::compress(sample, level).expect("zstd compresses in memory").len();
+    }
+    compressed * 100 >= starts.len() * SAMPLE_LEN * 98
+}
+
+/// Largest block a zstd frame may hold.
+const MAX_BLOCK: usize = 128 * 1024;
+
+/// Length of the raw-block frame of `len` bytes: magic number, header
+/// descriptor, 8-byte content size, and a 3-byte header per block.
+fn raw_frame_len(len: usize) -> usize {
+    4 + 1 + 8 + 3 * len.div_ceil(MAX_BLOCK).max(1) + len
+}
+
+/// Appends a single-segment zstd frame that stores `data` in raw blocks,
+/// with the content size in the header and no checksum (the blob id is the
+/// check).
+fn write_raw_frame(data: &[u8], out: &mut Vec<u8>) {
+    out.reserve(raw_frame_len(data.len()));
+    out.extend_from_slice(&0xFD2F_B528u32.to_le_bytes());
+    // Frame header descriptor: 8-byte content size, single segment, no
+    // checksum, no dictionary.
+    out.push(0b1110_0000);
+    out.extend_from_slice(&(data.len() as u64).to_le_bytes());
+    let mut pieces = data.chunks(MAX_BLOCK).peekable();
+    if pieces.peek().is_none() {
+        // An empty blob: one empty last block.
+        out.extend_from_slice(&[1, 0, 0]);
+    }
+    while let Some(piece) = pieces.next() {
+        let last = u32::from(pieces.peek().is_none());
+        // Block header: last-block bit, block type 0 (raw), 21-bit size.
+        let header = last | ((piece.len() as u32) << 3);
+        out.extend_from_slice(&header.to_le_bytes()[..3]);
+        out.extend_from_slice(piece);
+    }
+}
+
+/// Returns the id of a pack that holds `blobs`, in pack order: the SHA-256
+/// of its frame table, where each frame contributes its blob id's 32 bytes,
+/// then its stored length and its raw length as 8-byte little-endian
+/// integers. Frames sit back to back from offset 0, so the table fixes every
+/// byte range, and every frame decodes to the blob named; hashing the table
+/// instead of the pack bytes saves a pass over all stored data.
+pub fn pack_id(blobs: &[BlobEntry]) -> PackId {
+    let mut hasher = Hasher::new();
+    for b in blobs {
+        hasher.update(&b.id.0 .0);
+        hasher.update(&b.length.to_le_bytes());
+        hasher.update(&b.raw_length.to_le_bytes());
+    }
+    PackId(hasher.finish())
 }
 
 /// Figures of one writer session.
@@ -151,20 +251,20 @@ impl PackWriter {
         }
         let level = self.repo.compression_level();
         let raw_len = data.len() as u64;
-        let frame = tokio::task::spawn_blocking(move || encode_frame(&data, level))
+        let frame = tokio::task::spawn_blocking(move || encode_frame(data, level))
             .await
             .expect("compression task panicked");
         self.add_frame(id, raw_len, frame).await
     }
 
     /// Adds a blob's frame to the open pack, unless a usable copy exists.
-    pub async fn add_frame(&self, id: BlobId, raw_length: u64, frame: Vec<u8>) -> Result<(), RepoError> {
+    pub async fn add_frame(&self, id: BlobId, raw_length: u64, frame: Frame) -> Result<(), RepoError> {
         self.add_frame_inner(id, raw_length, frame, false).await
     }
 
     /// Adds a blob's frame even when a usable copy exists elsewhere; garbage
     /// collection uses it to move live blobs out of a pack it deletes.
-    pub async fn add_frame_forced(&self, id: BlobId, raw_length: u64, frame: Vec<u8>) -> Result<(), RepoError> {
+    pub async fn add_frame_forced(&self, id: BlobId, raw_length: u64, frame: Frame) -> Result<(), RepoError> {
         self.add_frame_inner(id, raw_length, frame, true).await
     }
 
@@ -178,7 +278,7 @@ impl PackWriter {
         self.indexes.lock().await.clone()
     }
 
-    async fn add_frame_inner(&self, id: BlobId, raw_length: u64, frame: Vec<u8>, forced: bool) -> Result<(), RepoError> {
+    async fn add_frame_inner(&self, id: BlobId, raw_length: u64, frame: Frame, forced: bool) -> Result<(), RepoError> {
         let full = {
             let mut st = self.state.lock().await;
             if st.pending.contains(&id) || (!forced && self.repo.with_index(|i| i.has_usable(&id))) {
@@ -186,7 +286,7 @@ impl PackWriter {
             }
             st.pending.insert(id);
             let offset = st.open.data.len() as u64;
-            st.open.data.extend_from_slice(&frame);
+            frame.write_to(&mut st.open.data);
             st.open.blobs.push(BlobEntry { id, offset, length: frame.len() as u64, raw_length });
             self.stats.blobs_new.fetch_add(1, Ordering::Relaxed);
             self.stats.raw_bytes_new.fetch_add(raw_length, Ordering::Relaxed);
@@ -272,10 +372,7 @@ impl PackWriter {
 /// index so later blobs of this run deduplicate against it.
 async fn upload_pack(repo: &Repository, pack: OpenPack, stats: &WriteStats) -> Result<PackEntry, RepoError> {
     let data = Bytes::from(pack.data);
-    let id = {
-        let d = data.clone();
-        tokio::task::spawn_blocking(move || PackId(Digest::of(&d))).await.expect("hash task panicked")
-    };
+    let id = pack_id(&pack.blobs);
     let key = pack_key(&id);
     let size = data.len() as u64;
     repo.backend().put(&key, data).await?;
@@ -318,4 +415,100 @@ pub(crate) async fn write_index(
     stats.index_files.fetch_add(1, Ordering::Relaxed);
     debug!(index.id = %id, index.packs = file.packs.len(), "index written");
     Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{RngCore, SeedableRng};
+
+    fn framed(frame: &Frame) -> Vec<u8> {
+        let mut out = Vec::new();
+        frame.write_to(&mut out);
+        assert_eq!(out.len(), frame.len());
+        out
+    }
+
+    fn random(len: usize) -> Vec<u8> {
+        let mut data = vec![0u8; len];
+        rand::rngs::StdRng::seed_from_u64(len as u64).fill_bytes(&mut data);
+        data
+    }
+
+    #[test]
+    fn raw_frames_decode_to_their_content() {
+        for len in [0, 1, MAX_BLOCK - 1, MAX_BLOCK, MAX_BLOCK + 1, 3 * MAX_BLOCK, 1024 * 1024 + 7] {
+            let data = random(len);
+            let mut frame = Vec::new();
+            write_raw_frame(&data, &mut frame);
+            assert_eq!(frame.len(), 13 + 3 * len.div_ceil(MAX_BLOCK).max(1) + len, "frame size for {len} bytes");
+            assert_eq!(frame.len(), raw_frame_len(len));
+            let decoded = zstd::bulk::decompress(&frame, len).expect("zstd reads a raw frame");
+            assert!(decoded == data, "{len} bytes did not round-trip");
+            let id = BlobId::of(&data);
+            assert!(decode_frame(&id, &frame, len as u64).is_ok(), "decode_frame rejected {len} bytes");
+        }
+    }
+
+    #[test]
+    fn random_blobs_are_stored_raw_and_compressible_ones_compressed() {
+        let noise = random(1024 * 1024);
+        let frame = encode_frame(Bytes::from(noise.clone()), 3);
+        assert!(matches!(frame, Frame::Raw(_)), "random bytes were compressed");
+        let stored = framed(&frame);
+        assert_eq!(stored.len(), raw_frame_len(noise.len()));
+        assert!(zstd::bulk::decompress(&stored, noise.len()).unwrap() == noise);
+
+        let mut text = Vec::new();
+        while text.len() < 1024 * 1024 {
+            text.extend_from_slice(format!("{{\"step\": {}, \"loss\": 0.25}}\n", text.len()).as_bytes());
+        }
+        let frame = framed(&encode_frame(Bytes::from(text.clone()), 3));
+        assert!(zstd::bulk::decompress(&frame, text.len()).unwrap() == text);
+        assert!(frame.len() < text.len() / 4, "{} bytes of JSON lines compressed to {}", text.len(), frame.len());
+    }
+
+    #[test]
+    fn small_blobs_are_always_compressed() {
+        let noise = random(4 * SAMPLE_LEN - 1);
+        let frame = framed(&encode_frame(Bytes::from(noise.clone()), 3));
+        assert_eq!(frame, zstd::bulk::compress(&noise, 3).unwrap());
+    }
+
+    #[test]
+    fn the_zstd_tool_reads_raw_frames() {
+        let data = random(3 * MAX_BLOCK + 11);
+        let mut child = std::process::Command::new("zstd")
+            .args(["-d", "-c"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("the zstd command-line tool is installed (scripts/install-deps)");
+        let mut stdin = child.stdin.take().unwrap();
+        let mut frame = Vec::new();
+        write_raw_frame(&data, &mut frame);
+        let writer = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &frame));
+        let out = child.wait_with_output().unwrap();
+        writer.join().unwrap().unwrap();
+        assert!(out.status.success(), "zstd -d failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.stdout == data, "zstd -d gave {} bytes, expected {}", out.stdout.len(), data.len());
+    }
+
+    #[test]
+    fn pack_ids_follow_the_frame_table() {
+        let entry = |n: u8, length: u64, raw_length: u64| BlobEntry {
+            id: BlobId::of(&[n]),
+            offset: 0,
+            length,
+            raw_length,
+        };
+        let a = vec![entry(1, 10, 20), entry(2, 5, 5)];
+        assert_eq!(pack_id(&a), pack_id(&a.clone()));
+        let reordered = vec![entry(2, 5, 5), entry(1, 10, 20)];
+        assert_ne!(pack_id(&a), pack_id(&reordered));
+        let longer_frame = vec![entry(1, 11, 20), entry(2, 5, 5)];
+        assert_ne!(pack_id(&a), pack_id(&longer_frame));
+        let other_raw = vec![entry(1, 10, 21), entry(2, 5, 5)];
+        assert_ne!(pack_id(&a), pack_id(&other_raw));
+    }
 }

@@ -28,8 +28,14 @@ use crate::repository::pack_cache::PackCache;
 use crate::repository::{RepoError, Repository};
 use crate::s3::{S3Error, S3Overrides, S3Settings};
 
-/// Default number of objects read or written at the same time.
-pub const DEFAULT_CONCURRENCY: usize = 8;
+/// Default number of objects a snapshot reads at the same time. A GET from
+/// Garage or MinIO streams a large object block by block, so one stream
+/// leaves the server idle between blocks; 16 streams kept a 2-core machine
+/// busy where 8 left it waiting (BENCHMARKS.md).
+pub const DEFAULT_SNAPSHOT_CONCURRENCY: usize = 16;
+
+/// Default number of objects a restore writes at the same time.
+pub const DEFAULT_RESTORE_CONCURRENCY: usize = 8;
 
 /// Objects up to this size are restored with one PutObject; larger ones with
 /// a multipart upload. 8 MiB is far under S3's 5 GiB single-PUT limit and
@@ -786,7 +792,11 @@ impl ObjectWriter<'_> {
             .set_metadata((!e.metadata.is_empty()).then(|| e.metadata.clone().into_iter().collect()))
             .set_tagging(tagging(&e.tags))
             .body(ByteStream::from(data));
-        put.send()
+        // The content was checked against its SHA-256 above; the signature
+        // does not hash it again.
+        put.customize()
+            .disable_payload_signing()
+            .send()
             .await
             .map_err(|err| self.settings.classify("PutObject", &self.opts.to_bucket, &e.key, err))?;
         debug!(s3.key = %e.key, bytes = e.size, "object restored");
@@ -870,6 +880,8 @@ impl ObjectWriter<'_> {
                     .part_number(number)
                     .content_length(part.len() as i64)
                     .body(ByteStream::from(part))
+                    .customize()
+                    .disable_payload_signing()
                     .send()
                     .await
                     .map_err(|err| self.settings.classify("UploadPart", bucket, &e.key, err))?;

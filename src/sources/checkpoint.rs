@@ -251,7 +251,9 @@ pub struct Upload {
     writer: Option<Arc<PackWriter>>,
     lock: Option<LockGuard>,
     chunker: Chunker,
-    hasher: Option<Hasher>,
+    /// The content hash: it runs one chunk behind on the blocking pool, in
+    /// parallel with the chunk's own hash and compression.
+    hashing: Option<tokio::task::JoinHandle<Hasher>>,
     chunks: Vec<BlobId>,
     received: u64,
 }
@@ -276,7 +278,7 @@ impl Upload {
             writer,
             lock,
             chunker: Chunker::new(repo.config().chunker.clone()),
-            hasher: Some(Hasher::new()),
+            hashing: None,
             chunks: Vec::new(),
             received: 0,
         })
@@ -296,15 +298,16 @@ impl Upload {
 
     async fn drain(&mut self, eof: bool) -> Result<(), RepoError> {
         while let Some(chunk) = self.chunker.next_chunk(eof) {
-            let hasher = self.hasher.take().expect("hasher present until finish");
-            let (hasher, id, chunk) = tokio::task::spawn_blocking(move || {
+            let hasher = self.take_hasher().await;
+            let content = chunk.clone();
+            self.hashing = Some(tokio::task::spawn_blocking(move || {
                 let mut hasher = hasher;
-                hasher.update(&chunk);
-                (hasher, BlobId::of(&chunk), chunk)
-            })
-            .await
-            .expect("hash task panicked");
-            self.hasher = Some(hasher);
+                hasher.update(&content);
+                hasher
+            }));
+            let (id, chunk) = tokio::task::spawn_blocking(move || (BlobId::of(&chunk), chunk))
+                .await
+                .expect("hash task panicked");
             if let Some(writer) = &self.writer {
                 store_chunk(&self.repo, writer, id, chunk).await?;
             }
@@ -313,11 +316,19 @@ impl Upload {
         Ok(())
     }
 
+    /// The content hasher after every chunk so far.
+    async fn take_hasher(&mut self) -> Hasher {
+        match self.hashing.take() {
+            Some(task) => task.await.expect("hash task panicked"),
+            None => Hasher::new(),
+        }
+    }
+
     /// Ends the content: stores the last chunks and checks the whole content
     /// against `expected`. Returns the content's size and SHA-256.
     pub async fn end(&mut self, expected: &Digest) -> Result<(u64, Digest), UploadError> {
         self.drain(true).await?;
-        let actual = self.hasher.take().expect("end runs once").finish();
+        let actual = self.take_hasher().await.finish();
         if actual != *expected {
             return Err(UploadError::HashMismatch { expected: *expected, actual });
         }
@@ -433,7 +444,7 @@ async fn store_chunk(repo: &Repository, writer: &PackWriter, id: BlobId, chunk: 
     }
     let level = repo.compression_level();
     let raw_length = chunk.len() as u64;
-    let frame = tokio::task::spawn_blocking(move || encode_frame(&chunk, level))
+    let frame = tokio::task::spawn_blocking(move || encode_frame(chunk, level))
         .await
         .expect("compression task panicked");
     writer.add_frame_forced(id, raw_length, frame).await
