@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::{Mutex, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info};
@@ -35,19 +35,74 @@ pub fn pack_key(id: &PackId) -> String {
 
 /// Decompresses a frame and checks that it hashes to `id`.
 pub fn decode_frame(id: &BlobId, frame: &[u8], raw_length: u64) -> Result<Bytes, String> {
+    let mut out = BytesMut::new();
+    decode_frame_into(id, frame, raw_length, &mut out)?;
+    Ok(out.freeze())
+}
+
+/// Decompresses a frame onto the end of `out` and checks that it hashes to
+/// `id`. On an error `out` keeps its earlier content only. A frame of raw
+/// blocks (see [`encode_frame`]) is copied without the zstd decoder.
+pub fn decode_frame_into(id: &BlobId, frame: &[u8], raw_length: u64, out: &mut BytesMut) -> Result<(), String> {
     if frame.is_empty() && raw_length > 0 {
         return Err("frame is empty".into());
     }
-    let data = zstd::bulk::decompress(frame, raw_length as usize)
-        .map_err(|e| format!("zstd decompression failed: {e}"))?;
-    if data.len() as u64 != raw_length {
-        return Err(format!("decompressed to {} bytes, expected {raw_length}", data.len()));
+    let start = out.len();
+    let raw = raw_length as usize;
+    out.reserve(raw);
+    if !copy_raw_blocks(frame, raw, out) {
+        out.truncate(start);
+        out.resize(start + raw, 0);
+        match zstd::bulk::decompress_to_buffer(frame, &mut out[start..]) {
+            Ok(n) if n == raw => {}
+            Ok(n) => {
+                out.truncate(start);
+                return Err(format!("decompressed to {n} bytes, expected {raw_length}"));
+            }
+            Err(e) => {
+                out.truncate(start);
+                return Err(format!("zstd decompression failed: {e}"));
+            }
+        }
     }
-    let actual = BlobId::of(&data);
+    let actual = BlobId::of(&out[start..]);
     if actual != *id {
+        out.truncate(start);
         return Err(format!("content hashes to {actual}, expected {id}"));
     }
-    Ok(Bytes::from(data))
+    Ok(())
+}
+
+/// Appends the content of a single-segment frame made only of raw blocks
+/// whose content size is `raw`, and returns true. Returns false, possibly
+/// after appending a part, for any other frame; the caller then decodes it
+/// with zstd.
+fn copy_raw_blocks(frame: &[u8], raw: usize, out: &mut BytesMut) -> bool {
+    let Some(header) = frame.get(..13) else { return false };
+    if header[..4] != 0xFD2F_B528u32.to_le_bytes() || header[4] != 0b1110_0000 {
+        return false;
+    }
+    let size = u64::from_le_bytes(header[5..13].try_into().expect("8 bytes"));
+    if size != raw as u64 {
+        return false;
+    }
+    let mut rest = &frame[13..];
+    let mut copied = 0;
+    loop {
+        let Some(block) = rest.get(..3) else { return false };
+        let header = u32::from_le_bytes([block[0], block[1], block[2], 0]);
+        let (last, kind, len) = (header & 1 == 1, (header >> 1) & 3, (header >> 3) as usize);
+        if kind != 0 || len > MAX_BLOCK {
+            return false;
+        }
+        let Some(content) = rest.get(3..3 + len) else { return false };
+        out.extend_from_slice(content);
+        copied += len;
+        rest = &rest[3 + len..];
+        if last {
+            return rest.is_empty() && copied == raw;
+        }
+    }
 }
 
 /// A blob encoded for a pack.
@@ -466,6 +521,30 @@ mod tests {
         let frame = framed(&encode_frame(Bytes::from(text.clone()), 3));
         assert!(zstd::bulk::decompress(&frame, text.len()).unwrap() == text);
         assert!(frame.len() < text.len() / 4, "{} bytes of JSON lines compressed to {}", text.len(), frame.len());
+    }
+
+    #[test]
+    fn frames_decode_onto_existing_content() {
+        let noise = random(3 * MAX_BLOCK + 5);
+        let text = b"{\"a\": 1}\n".repeat(20_000);
+        let mut out = BytesMut::from(&b"head"[..]);
+        for data in [&noise[..], &text[..]] {
+            let frame = framed(&encode_frame(Bytes::copy_from_slice(data), 3));
+            decode_frame_into(&BlobId::of(data), &frame, data.len() as u64, &mut out).unwrap();
+        }
+        assert!(out[..4] == *b"head" && out[4..4 + noise.len()] == noise[..] && out[4 + noise.len()..] == text[..]);
+
+        // A damaged frame leaves the buffer as it was, in both decoders.
+        let before = out.len();
+        let mut raw = framed(&encode_frame(Bytes::from(noise.clone()), 3));
+        raw[100] ^= 1;
+        let err = decode_frame_into(&BlobId::of(&noise), &raw, noise.len() as u64, &mut out).unwrap_err();
+        assert!(err.contains("content hashes to"), "{err}");
+        let mut packed = framed(&encode_frame(Bytes::from(text.clone()), 3));
+        let last = packed.len() - 1;
+        packed.truncate(last);
+        assert!(decode_frame_into(&BlobId::of(&text), &packed, text.len() as u64, &mut out).is_err());
+        assert_eq!(out.len(), before);
     }
 
     #[test]

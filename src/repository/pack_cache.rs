@@ -5,12 +5,12 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::future::{BoxFuture, FutureExt, Shared};
 use tokio::sync::Mutex;
 use tracing::debug;
 
-use super::pack::{decode_frame, pack_key};
+use super::pack::{decode_frame_into, pack_key};
 use super::{RepoError, Repository};
 use crate::id::{BlobId, PackId};
 
@@ -37,24 +37,32 @@ impl PackCache {
     /// to [`Repository::read_blob`] (ranged reads, every copy tried) when the
     /// pack is too large to cache or its frame fails verification.
     pub async fn read_blob(&self, id: &BlobId) -> Result<Bytes, RepoError> {
+        let mut out = BytesMut::new();
+        self.read_blob_into(id, &mut out).await?;
+        Ok(out.freeze())
+    }
+
+    /// Like [`PackCache::read_blob`], but appends the blob to `out`, which
+    /// saves a buffer and a copy per blob when objects are assembled.
+    pub async fn read_blob_into(&self, id: &BlobId, out: &mut BytesMut) -> Result<(), RepoError> {
         let Some(loc) = self.repo.with_index(|i| i.usable_locations(id)).last().copied() else {
             return Err(RepoError::BlobMissing { blob: *id });
         };
         let size = self.repo.with_index(|i| i.pack_size(&loc.pack)).unwrap_or(u64::MAX);
-        if size > MAX_CACHED_PACK {
-            return self.repo.read_blob(id).await;
-        }
-        let pack = self.pack(loc.pack).await;
-        if let Ok(data) = pack.await {
-            let end = (loc.offset + loc.length) as usize;
-            if let Some(frame) = data.get(loc.offset as usize..end) {
-                if let Ok(blob) = decode_frame(id, frame, loc.raw_length) {
-                    return Ok(blob);
+        if size <= MAX_CACHED_PACK {
+            let pack = self.pack(loc.pack).await;
+            if let Ok(data) = pack.await {
+                let end = (loc.offset + loc.length) as usize;
+                if let Some(frame) = data.get(loc.offset as usize..end) {
+                    if decode_frame_into(id, frame, loc.raw_length, out).is_ok() {
+                        return Ok(());
+                    }
                 }
             }
         }
-        // The ranged path reports the problem and tries other copies.
-        self.repo.read_blob(id).await
+        // The ranged path reports a problem and tries other copies.
+        out.extend_from_slice(&self.repo.read_blob(id).await?);
+        Ok(())
     }
 
     async fn pack(&self, id: PackId) -> PackFuture {
