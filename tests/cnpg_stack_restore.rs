@@ -201,7 +201,7 @@ async fn cnpg_restore_brings_all_three_back() {
     assert_eq!(database["into"]["storage_size"], "10Gi", "{database}");
     assert!(database["into"].get("image_name").is_none(), "{database}");
 
-    // --storage-size and --image-name set the new Cluster's size and image; a size that is
+    // --storage-size and --image-name set the new Cluster's size and image. A size that is
     // not a Kubernetes quantity is a usage error naming it.
     let image = "ghcr.io/cloudnative-pg/postgresql:15.8";
     let (code, stdout, stderr) = call(args(&target, &["--dry-run", "--storage-size", "20Gi", "--image-name", image]));

@@ -227,7 +227,8 @@ pub async fn source_settings_or(
     Ok((size, cluster.spec.image_name))
 }
 
-/// [`source_settings_or`] with [`FALLBACK_STORAGE`], for scratch clusters.
+/// Reads the source settings for a scratch cluster, with [`FALLBACK_STORAGE`]
+/// when the source Cluster is missing.
 pub async fn source_settings(client: &kube::Client, spec: &DatabaseSpec) -> Result<(String, Option<String>), CnpgError> {
     source_settings_or(client, spec, FALLBACK_STORAGE).await
 }

@@ -133,7 +133,7 @@ impl Frame {
 
 /// Encodes a blob as a zstd frame at `level`. A blob whose samples do not
 /// compress (random image bytes, trained weights) is stored in raw blocks,
-/// which costs a copy instead of a compression pass; either way the frame
+/// which costs a copy instead of a compression pass. Either way the frame
 /// is a standard zstd frame that any zstd decoder reads.
 pub fn encode_frame(data: Bytes, level: i32) -> Frame {
     if looks_incompressible(&data, level) {
@@ -194,7 +194,7 @@ fn write_raw_frame(data: &[u8], out: &mut Vec<u8>) {
     }
 }
 
-/// Returns the id of a pack that holds `blobs`, in pack order: the SHA-256
+/// Returns the id of a pack that contains `blobs`, in pack order: the SHA-256
 /// of its frame table, where each frame contributes its blob id's 32 bytes,
 /// then its stored length and its raw length as 8-byte little-endian
 /// integers. Frames sit back to back from offset 0, so the table fixes every
@@ -506,7 +506,7 @@ mod tests {
     }
 
     #[test]
-    fn random_blobs_are_stored_raw_and_compressible_ones_compressed() {
+    fn encode_frame_stores_noise_raw() {
         let noise = random(1024 * 1024);
         let frame = encode_frame(Bytes::from(noise.clone()), 3);
         assert!(matches!(frame, Frame::Raw(_)), "random bytes were compressed");
@@ -532,7 +532,9 @@ mod tests {
             let frame = framed(&encode_frame(Bytes::copy_from_slice(data), 3));
             decode_frame_into(&BlobId::of(data), &frame, data.len() as u64, &mut out).unwrap();
         }
-        assert!(out[..4] == *b"head" && out[4..4 + noise.len()] == noise[..] && out[4 + noise.len()..] == text[..]);
+        assert!(out[..4] == *b"head", "the earlier content changed");
+        assert!(out[4..4 + noise.len()] == noise[..], "the raw frame decoded wrong");
+        assert!(out[4 + noise.len()..] == text[..], "the compressed frame decoded wrong");
 
         // A damaged frame leaves the buffer as it was, in both decoders.
         let before = out.len();
@@ -555,7 +557,7 @@ mod tests {
     }
 
     #[test]
-    fn the_zstd_tool_reads_raw_frames() {
+    fn raw_frame_zstd_cli_decodes() {
         let data = random(3 * MAX_BLOCK + 11);
         let mut child = std::process::Command::new("zstd")
             .args(["-d", "-c"])

@@ -316,7 +316,7 @@ impl Upload {
         Ok(())
     }
 
-    /// The content hasher after every chunk so far.
+    /// Returns the content hasher once it has taken every chunk so far.
     async fn take_hasher(&mut self) -> Hasher {
         match self.hashing.take() {
             Some(task) => task.await.expect("hash task panicked"),
