@@ -15,11 +15,10 @@ mod fake_kube;
 
 use std::path::{Path, PathBuf};
 
-use base64::Engine as _;
 use common::pg::{self, PgServer};
 use common::*;
-use fake_kube::fixture::{source_spec, StopRestored, CLUSTER};
-use fake_kube::operator::{Fault, Operator, SourceCluster};
+use fake_kube::fixture::{source_spec, start_operator, StopRestored, CLUSTER};
+use fake_kube::operator::{Fault, SourceCluster};
 use fake_kube::FakeKube;
 use serde_json::{json, Value};
 use visage_dr::cnpg::backup::{self, BackupOptions, BackupOutcome};
@@ -125,23 +124,11 @@ async fn cnpg_backup_and_restore() {
     let work = pg::postgres_dir(&OsUser::lookup("postgres").unwrap());
     let policy = write_policy(work.path(), &s3, &bucket);
     let kube = FakeKube::start(work.path(), NAMESPACE).await;
-    kube.store.put("/secrets", json!({
-        "metadata": {"name": "pg-creds", "namespace": NAMESPACE},
-        "data": {
-            "ACCESS_KEY_ID": base64::engine::general_purpose::STANDARD.encode(&s3.access_key),
-            "ACCESS_SECRET_KEY": base64::engine::general_purpose::STANDARD.encode(&s3.secret_key),
-        },
-    }));
-    let operator_dir = work.path().join("operator");
-    std::fs::create_dir(&operator_dir).unwrap();
-    let operator = Operator::start(
-        kube.store.clone(),
-        [CLUSTER, PLUGIN_CLUSTER]
-            .into_iter()
-            .map(|name| SourceCluster { name: name.into(), namespace: NAMESPACE.into(), spec: source_spec(&s3, &bucket, work.path(), source.port) })
-            .collect(),
-        &operator_dir,
-    );
+    let sources = [CLUSTER, PLUGIN_CLUSTER]
+        .into_iter()
+        .map(|name| SourceCluster { name: name.into(), namespace: NAMESPACE.into(), spec: source_spec(&s3, &bucket, work.path(), source.port) })
+        .collect();
+    let operator = start_operator(&kube, &s3, NAMESPACE, work.path(), sources);
     let _stop_restored = StopRestored(operator.clone());
     let env = Env { policy: policy.to_str().unwrap().to_owned(), kubeconfig: kube.kubeconfig.to_str().unwrap().to_owned() };
     let repo_url = format!("file://{}", work.path().join("repo").display());

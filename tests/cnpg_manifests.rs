@@ -10,6 +10,7 @@ use schema::CrdSchemas;
 use serde_json::{json, Value};
 use visage_dr::cnpg::backup::{backup_manifest, Target};
 use visage_dr::cnpg::restore::{cluster_manifest, RestoreSettings};
+use visage_dr::cnpg::scratch;
 use visage_dr::postgres::config::{CnpgMethod, DatabaseSpec, Driver, ObjectStore};
 use visage_dr::postgres::target_time::TargetTime;
 
@@ -132,4 +133,32 @@ fn schema_rejects_unknown_and_wrong_fields() {
     let missing = json!({"apiVersion": "postgresql.cnpg.io/v1", "kind": "Backup", "metadata": {"name": "b"}, "spec": {}});
     let errors = schemas.validate_backup(&missing);
     assert!(errors.iter().any(|e| e.contains("spec.cluster: required field missing")), "{errors:?}");
+}
+
+#[test]
+fn scratch_manifest_matches_crd() {
+    let Some(schemas) = schemas() else { return };
+    let started = Utc::now();
+    for (method, to_end) in [(CnpgMethod::BarmanObjectStore, false), (CnpgMethod::Plugin, true)] {
+        let settings = RestoreSettings {
+            name: scratch::scratch_name(started, 1),
+            namespace: "scratch".into(),
+            ..settings(to_end)
+        };
+        let manifest = scratch::scratch_manifest(&spec(method), &settings, started + chrono::Duration::hours(1)).unwrap();
+        assert_valid(schemas.validate_cluster(&manifest), &format!("the {method:?} scratch Cluster"), &manifest);
+        assert!(manifest["spec"].get("backup").is_none(), "{manifest:#}");
+    }
+
+    // The schema check rejects an unknown field, so the checks above can fail.
+    let settings = RestoreSettings {
+        name: scratch::scratch_name(started, 0),
+        namespace: "scratch".into(),
+        storage_size: "1Gi".into(),
+        image_name: None,
+        ..settings(false)
+    };
+    let mut invalid = scratch::scratch_manifest(&spec(CnpgMethod::BarmanObjectStore), &settings, started).unwrap();
+    invalid["spec"]["resources"]["requestz"] = json!({"cpu": "1"});
+    assert!(!schemas.validate_cluster(&invalid).is_empty(), "an unknown resources field passed the schema");
 }

@@ -15,8 +15,8 @@ use base64::Engine as _;
 use common::pg::{self, PgServer};
 use common::*;
 use common::stack::{bucket_exists, components, push_checkpoint};
-use fake_kube::fixture::{source_spec, StopRestored, CLUSTER};
-use fake_kube::operator::{Operator, SourceCluster};
+use fake_kube::fixture::{source_spec, start_operator, StopRestored, CLUSTER};
+use fake_kube::operator::SourceCluster;
 use fake_kube::FakeKube;
 use serde_json::{json, Value};
 use visage_dr::postgres::local::OsUser;
@@ -88,20 +88,7 @@ async fn cnpg_restore_brings_all_three_back() {
     let work = pg::postgres_dir(&OsUser::lookup("postgres").unwrap());
     let policy = write_policy(work.path(), &s3, &wal_bucket, &uploads);
     let kube = FakeKube::start(work.path(), NAMESPACE).await;
-    kube.store.put("/secrets", json!({
-        "metadata": {"name": "pg-creds", "namespace": NAMESPACE},
-        "data": {
-            "ACCESS_KEY_ID": base64::engine::general_purpose::STANDARD.encode(&s3.access_key),
-            "ACCESS_SECRET_KEY": base64::engine::general_purpose::STANDARD.encode(&s3.secret_key),
-        },
-    }));
-    let operator_dir = work.path().join("operator");
-    std::fs::create_dir(&operator_dir).unwrap();
-    let operator = Operator::start(
-        kube.store.clone(),
-        vec![SourceCluster { name: CLUSTER.into(), namespace: NAMESPACE.into(), spec: source_spec(&s3, &wal_bucket, work.path(), source.port) }],
-        &operator_dir,
-    );
+    let operator = start_operator(&kube, &s3, NAMESPACE, work.path(), vec![SourceCluster { name: CLUSTER.into(), namespace: NAMESPACE.into(), spec: source_spec(&s3, &wal_bucket, work.path(), source.port) }]);
     let _stop_restored = StopRestored(operator.clone());
     let kubeconfig = kube.kubeconfig.to_str().unwrap().to_owned();
     let mut env = s3.env();

@@ -18,15 +18,12 @@ use base64::Engine as _;
 use chrono::Utc;
 use common::pg::{self, PgServer};
 use common::*;
-use fake_kube::fixture::{source_spec, StopRestored, CLUSTER};
-use fake_kube::operator::{Fault, Operator, SourceCluster};
+use fake_kube::fixture::{source_spec, start_operator, StopRestored, CLUSTER};
+use fake_kube::operator::{Fault, SourceCluster};
 use fake_kube::FakeKube;
 use serde_json::{json, Value};
-use visage_dr::cnpg::restore::RestoreSettings;
 use visage_dr::cnpg::scratch::{self, EXPIRES_ANNOTATION, EXPIRES_LABEL, SCRATCH_LABEL, SCRATCH_VALUE};
-use visage_dr::postgres::config::{CnpgMethod, DatabaseSpec, Driver, ObjectStore};
 use visage_dr::postgres::local::OsUser;
-use visage_dr::postgres::target_time::TargetTime;
 
 const NAMESPACE: &str = "db";
 const CLUSTERS: &str = "postgresql.cnpg.io/clusters";
@@ -138,20 +135,7 @@ async fn cnpg_verify_scratch_clusters() {
     let policy = policy.to_str().unwrap().to_owned();
     let kube = FakeKube::start(work.path(), NAMESPACE).await;
     let kubeconfig = kube.kubeconfig.to_str().unwrap().to_owned();
-    kube.store.put("/secrets", json!({
-        "metadata": {"name": "pg-creds", "namespace": NAMESPACE},
-        "data": {
-            "ACCESS_KEY_ID": base64::engine::general_purpose::STANDARD.encode(&s3.access_key),
-            "ACCESS_SECRET_KEY": base64::engine::general_purpose::STANDARD.encode(&s3.secret_key),
-        },
-    }));
-    let operator_dir = work.path().join("operator");
-    std::fs::create_dir(&operator_dir).unwrap();
-    let operator = Operator::start(
-        kube.store.clone(),
-        vec![SourceCluster { name: CLUSTER.into(), namespace: NAMESPACE.into(), spec: source_spec(&s3, &bucket, work.path(), source.port) }],
-        &operator_dir,
-    );
+    let operator = start_operator(&kube, &s3, NAMESPACE, work.path(), vec![SourceCluster { name: CLUSTER.into(), namespace: NAMESPACE.into(), spec: source_spec(&s3, &bucket, work.path(), source.port) }]);
     let _stop_restored = StopRestored(operator.clone());
 
     step("rows, a base backup, the target and a later row");
@@ -337,62 +321,4 @@ async fn cnpg_verify_scratch_clusters() {
     }
     let delete = ("postgresql.cnpg.io".to_string(), "clusters".to_string(), "delete".to_string());
     assert!(served.contains_key(&delete), "verify never deleted a Cluster: {served:?}");
-}
-
-#[test]
-fn scratch_manifest_matches_crd() {
-    let Some(schemas) = fake_kube::schema::CrdSchemas::from_env() else { return };
-    let spec = DatabaseSpec {
-        name: "app".into(),
-        driver: Driver::Cnpg,
-        object_store: ObjectStore {
-            destination_path: "s3://pg-backups/prod".into(),
-            server_name: "visage-db".into(),
-            endpoint: Some("http://127.0.0.1:9000".into()),
-            region: None,
-            credentials_secret: Some("pg-backups-s3".into()),
-            access_key_id_file: None,
-            secret_access_key_file: None,
-            barman_object_name: Some("pg-backups".into()),
-        },
-        schedule: None,
-        retention: None,
-        connection: None,
-        cluster: Some("visage-db".into()),
-        namespace: Some("visage".into()),
-        method: Some(CnpgMethod::BarmanObjectStore),
-    };
-    let started = Utc::now();
-    for (method, to_end) in [(CnpgMethod::BarmanObjectStore, false), (CnpgMethod::Plugin, true)] {
-        let spec = DatabaseSpec { method: Some(method), ..spec.clone() };
-        let settings = RestoreSettings {
-            name: scratch::scratch_name(started, 1),
-            namespace: "scratch".into(),
-            target: TargetTime::parse("2026-05-28T12:00:00.123456Z", started).unwrap(),
-            recover_to_end_of_archive: to_end,
-            backup_id: "20260528T110000".into(),
-            instances: 1,
-            storage_size: "10Gi".into(),
-            image_name: Some("ghcr.io/cloudnative-pg/postgresql:15".into()),
-        };
-        let manifest = scratch::scratch_manifest(&spec, &settings, started + chrono::Duration::hours(1)).unwrap();
-        let errors = schemas.validate_cluster(&manifest);
-        assert!(errors.is_empty(), "{method:?}: {errors:?}\n{manifest:#}");
-        assert!(manifest["spec"].get("backup").is_none(), "{manifest:#}");
-    }
-
-    // The schema check rejects an unknown field, so the checks above can fail.
-    let mut invalid = scratch::scratch_manifest(&spec, &RestoreSettings {
-        name: scratch::scratch_name(started, 0),
-        namespace: "scratch".into(),
-        target: TargetTime::parse("2026-05-28T12:00:00Z", started).unwrap(),
-        recover_to_end_of_archive: false,
-        backup_id: "20260528T110000".into(),
-        instances: 1,
-        storage_size: "1Gi".into(),
-        image_name: None,
-    }, started)
-    .unwrap();
-    invalid["spec"]["resources"]["requestz"] = json!({"cpu": "1"});
-    assert!(!schemas.validate_cluster(&invalid).is_empty(), "an unknown resources field passed the schema");
 }

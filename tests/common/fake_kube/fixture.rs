@@ -5,10 +5,29 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use base64::Engine as _;
+use serde_json::json;
 use visage_dr::postgres::config::{Connection, DatabaseSpec, Driver, ObjectStore};
 
-use super::operator::Operator;
+use super::operator::{Operator, SourceCluster};
+use super::FakeKube;
 use crate::common::S3Server;
+
+/// Name of the object-store credentials Secret that the test policies name.
+pub const CREDENTIALS_SECRET: &str = "pg-creds";
+
+/// Stores the object-store credentials Secret in `namespace`, creates
+/// `<work>/operator` and starts the simulated operator for `sources` there.
+pub fn start_operator(kube: &FakeKube, s3: &S3Server, namespace: &str, work: &Path, sources: Vec<SourceCluster>) -> Arc<Operator> {
+    let encode = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+    kube.store.put("/secrets", json!({
+        "metadata": {"name": CREDENTIALS_SECRET, "namespace": namespace},
+        "data": {"ACCESS_KEY_ID": encode(&s3.access_key), "ACCESS_SECRET_KEY": encode(&s3.secret_key)},
+    }));
+    let operator_dir = work.join("operator");
+    std::fs::create_dir(&operator_dir).unwrap();
+    Operator::start(kube.store.clone(), sources, &operator_dir)
+}
 
 /// Name of the source CNPG Cluster in the fake API server.
 pub const CLUSTER: &str = "pg-main";
