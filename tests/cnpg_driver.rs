@@ -35,10 +35,7 @@ const CLUSTERS: &str = "postgresql.cnpg.io/clusters";
 /// Writes a policy with the cnpg databases `app` for the Cluster `pg-main`, and
 /// `app-plugin` for the Cluster `pg-plugin` with the barman-cloud plugin.
 fn write_policy(dir: &Path, s3: &S3Server, bucket: &str) -> PathBuf {
-    let key_file = dir.join("access-key");
-    let secret_file = dir.join("secret-key");
-    std::fs::write(&key_file, &s3.access_key).unwrap();
-    std::fs::write(&secret_file, &s3.secret_key).unwrap();
+    let (key_file, secret_file) = write_key_files(dir, s3);
     let (key, secret) = (key_file.display(), secret_file.display());
     let (endpoint, region) = (&s3.endpoint, &s3.region);
     let policy = format!(

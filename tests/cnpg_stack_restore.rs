@@ -31,10 +31,7 @@ const PUSH_TOKEN: &str = "cnpg-stack-restore-push-token-0123456789";
 /// Writes a policy with the cnpg database `app` for the Cluster `pg-main`, the bucket
 /// `uploads`, the checkpoints, and a reference query from `app` to `uploads`.
 fn write_policy(dir: &Path, s3: &S3Server, wal_bucket: &str, uploads: &str) -> String {
-    let key_file = dir.join("access-key");
-    let secret_file = dir.join("secret-key");
-    std::fs::write(&key_file, &s3.access_key).unwrap();
-    std::fs::write(&secret_file, &s3.secret_key).unwrap();
+    let (key_file, secret_file) = write_key_files(dir, s3);
     let policy = format!(
         "repository:\n  url: file://{dir}/repo\n\
          postgres:\n\
@@ -59,9 +56,7 @@ fn write_policy(dir: &Path, s3: &S3Server, wal_bucket: &str, uploads: &str) -> S
 }
 
 fn run(args: &[&str], env: &[(&str, String)]) -> (i32, String, String) {
-    let out = visage_dr(args, env);
-    let (stdout, stderr) = text(&out);
-    (out.status.code().unwrap_or(-1), stdout, stderr)
+    run_visage_dr(args, env)
 }
 
 /// Prints the start of a test step, so that a hang or a failure names its step.

@@ -31,10 +31,7 @@ const CLUSTERS: &str = "postgresql.cnpg.io/clusters";
 /// Writes a policy with the cnpg database `app` of the Cluster `pg-main`, verified in the
 /// Cluster's own namespace, because the simulated operator only reconciles that one.
 fn write_policy(dir: &Path, s3: &S3Server, bucket: &str) -> PathBuf {
-    let key_file = dir.join("access-key");
-    let secret_file = dir.join("secret-key");
-    std::fs::write(&key_file, &s3.access_key).unwrap();
-    std::fs::write(&secret_file, &s3.secret_key).unwrap();
+    let (key_file, secret_file) = write_key_files(dir, s3);
     let policy = format!(
         r#"repository:
   url: file://{dir}/repo
@@ -79,9 +76,7 @@ fn step(name: &str) {
 }
 
 fn run(args: &[&str]) -> (i32, String, String) {
-    let out = visage_dr(args, &[("RUST_LOG", "info".into())]);
-    let (stdout, stderr) = text(&out);
-    (out.status.code().unwrap_or(-1), stdout, stderr)
+    run_visage_dr(args, &[("RUST_LOG", "info".into())])
 }
 
 /// Names of the scratch Clusters in the store.

@@ -30,10 +30,7 @@ fn setup() -> Option<S3Server> {
 
 /// Writes a policy with one local database `app` whose archive is `s3://<bucket>/pg/main`.
 fn write_policy(dir: &Path, s3: &S3Server, bucket: &str, port: u16) -> PathBuf {
-    let key_file = dir.join("access-key");
-    let secret_file = dir.join("secret-key");
-    std::fs::write(&key_file, &s3.access_key).unwrap();
-    std::fs::write(&secret_file, &s3.secret_key).unwrap();
+    let (key_file, secret_file) = write_key_files(dir, s3);
     let policy = format!(
         "repository:\n  url: file://{}/repo\n\
          postgres:\n\
@@ -59,9 +56,7 @@ async fn list_prefix(s3: &S3Server, bucket: &str, prefix: &str) -> BTreeMap<Stri
 }
 
 fn run(args: &[&str]) -> (i32, String, String) {
-    let out = visage_dr(args, &[]);
-    let (stdout, stderr) = text(&out);
-    (out.status.code().unwrap_or(-1), stdout, stderr)
+    run_visage_dr(args, &[])
 }
 
 fn window_json(policy: &Path) -> Value {

@@ -264,6 +264,24 @@ pub fn visage_dr(args: &[&str], env: &[(&str, String)]) -> Output {
     cmd.output().expect("visage-dr runs")
 }
 
+/// Runs the `visage-dr` binary and returns its exit code (-1 when a signal
+/// ended it), standard output and standard error.
+pub fn run_visage_dr(args: &[&str], env: &[(&str, String)]) -> (i32, String, String) {
+    let out = visage_dr(args, env);
+    let (stdout, stderr) = text(&out);
+    (out.status.code().unwrap_or(-1), stdout, stderr)
+}
+
+/// Writes the keys of `s3` to `dir/access-key` and `dir/secret-key`, for
+/// policies that name key files, and returns both paths.
+pub fn write_key_files(dir: &Path, s3: &S3Server) -> (PathBuf, PathBuf) {
+    let key_file = dir.join("access-key");
+    let secret_file = dir.join("secret-key");
+    std::fs::write(&key_file, &s3.access_key).unwrap();
+    std::fs::write(&secret_file, &s3.secret_key).unwrap();
+    (key_file, secret_file)
+}
+
 pub fn text(out: &Output) -> (String, String) {
     (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
