@@ -243,8 +243,9 @@ pub struct UploadStats {
 }
 
 /// The content of one checkpoint being received: chunked, hashed and, unless
-/// it only verifies a repeated push, stored. Memory stays bounded by one
-/// maximum-size chunk plus the pack writer's packs in flight.
+/// it only verifies a repeated push, stored. Memory stays bounded by the
+/// chunker's window, the chunk still being hashed for the content hash, and
+/// the pack writer's packs in flight.
 pub struct Upload {
     repo: Arc<Repository>,
     /// `None` when the upload only hashes the content.
