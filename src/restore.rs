@@ -299,11 +299,11 @@ pub async fn plan(
         databases: Vec::new(),
         buckets: Vec::new(),
         checkpoints: Vec::new(),
-        refusals: vec!["a database is never restored over its source: each one goes into a new instance or Cluster".into()],
+        refusals: Vec::new(),
         problems: Vec::new(),
     };
     if req.only.postgres {
-        plan.refusals.push("a database is never restored over its source: each one goes into a new instance".into());
+        plan.refusals.push("a database is never restored over its source: each one goes into a new instance or Cluster".into());
         let tools = Tools::from_env();
         for db in &policy.postgres {
             let spec = &db.spec;

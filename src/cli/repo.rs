@@ -47,8 +47,8 @@ pub struct SnapshotBucketArgs {
     /// Do not read object tags (saves one request per changed object).
     #[arg(long)]
     pub no_tags: bool,
-    /// Size in bytes at which a pack is closed and uploaded.
-    #[arg(long, default_value_t = crate::repository::pack::DEFAULT_PACK_SIZE as u64, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(4096..=1 << 30))]
+    /// Size at which a pack is closed and uploaded: bytes, or a number with a unit such as 16MiB (4 KiB to 1 GiB).
+    #[arg(long, default_value = PACK_SIZE_DEFAULT, value_name = "SIZE", value_parser = |s: &str| byte_size(s, 4096, 1 << 30))]
     pub pack_size: u64,
     /// Packs between index writes; a killed run leaves at most this many packs unindexed.
     #[arg(long, default_value_t = crate::repository::pack::INDEX_FLUSH_PACKS as u64, hide = true, value_parser = clap::value_parser!(u64).range(1..))]
@@ -89,11 +89,11 @@ pub struct RestoreBucketArgs {
     /// Objects written at the same time.
     #[arg(long, default_value_t = bucket::DEFAULT_RESTORE_CONCURRENCY as u64, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub concurrency: u64,
-    /// Objects larger than this many bytes are written with a multipart upload.
-    #[arg(long, default_value_t = bucket::DEFAULT_MULTIPART_THRESHOLD, value_name = "BYTES")]
+    /// Objects larger than this are written with a multipart upload: bytes, or a number with a unit such as 8MiB.
+    #[arg(long, default_value = MULTIPART_THRESHOLD_DEFAULT, value_name = "SIZE", value_parser = |s: &str| byte_size(s, 0, u64::MAX))]
     pub multipart_threshold: u64,
-    /// Part size of multipart uploads in bytes (at least 5 MiB).
-    #[arg(long, default_value_t = bucket::DEFAULT_PART_SIZE, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(5 * 1024 * 1024..))]
+    /// Part size of multipart uploads: bytes, or a number with a unit such as 8MiB (at least 5MiB).
+    #[arg(long, default_value = PART_SIZE_DEFAULT, value_name = "SIZE", value_parser = |s: &str| byte_size(s, 5 * 1024 * 1024, u64::MAX))]
     pub part_size: u64,
     /// Print the result as JSON.
     #[arg(long)]
@@ -458,7 +458,7 @@ pub async fn check(a: CheckArgs) -> Result<ExitCode, CliError> {
             println!("problem: {p}");
         }
         println!(
-            "checked {} snapshots, {} blobs in {} packs; read {} packs ({} blobs); {} problem(s){}",
+            "checked {} snapshot(s), {} blob(s) in {} pack(s); read {} pack(s) ({} blob(s)); {} problem(s){}",
             report.snapshots,
             report.blobs_referenced,
             report.packs,
@@ -490,4 +490,47 @@ pub async fn unlock(a: UnlockArgs) -> Result<ExitCode, CliError> {
         println!("removed {}", l.describe());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Parses a size given as bytes or with a unit (`16MiB`) and checks that it
+/// lies between `min` and `max` bytes.
+fn byte_size(text: &str, min: u64, max: u64) -> Result<u64, String> {
+    let bytes = text.parse::<crate::units::ByteSize>().map_err(|e| e.to_string())?.0;
+    if bytes < min || bytes > max {
+        return Err(format!("{text:?} is {bytes} bytes; give a size from {min} to {max} bytes"));
+    }
+    Ok(bytes)
+}
+
+/// The defaults of `--pack-size`, `--multipart-threshold` and `--part-size`
+/// as the help shows them; a test checks them against the constants.
+const PACK_SIZE_DEFAULT: &str = "16MiB";
+const MULTIPART_THRESHOLD_DEFAULT: &str = "8MiB";
+const PART_SIZE_DEFAULT: &str = "8MiB";
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    #[test]
+    fn size_defaults_match_constants() {
+        let pack = byte_size(PACK_SIZE_DEFAULT, 0, u64::MAX).unwrap();
+        assert_eq!(pack, crate::repository::pack::DEFAULT_PACK_SIZE as u64);
+        assert_eq!(byte_size(MULTIPART_THRESHOLD_DEFAULT, 0, u64::MAX).unwrap(), bucket::DEFAULT_MULTIPART_THRESHOLD);
+        assert_eq!(byte_size(PART_SIZE_DEFAULT, 0, u64::MAX).unwrap(), bucket::DEFAULT_PART_SIZE);
+    }
+
+    #[test]
+    fn byte_size_accepts_units() {
+        assert_eq!(byte_size("16MiB", 4096, 1 << 30), Ok(16 * 1024 * 1024));
+        assert_eq!(byte_size("65536", 4096, 1 << 30), Ok(65536));
+    }
+
+    #[test]
+    fn byte_size_rejects_bad_values() {
+        let unit = byte_size("16 MiB", 4096, 1 << 30).unwrap_err();
+        assert!(unit.contains("\"16 MiB\""), "{unit}");
+        let small = byte_size("1KiB", 4096, 1 << 30).unwrap_err();
+        assert_eq!(small, "\"1KiB\" is 1024 bytes; give a size from 4096 to 1073741824 bytes");
+    }
 }

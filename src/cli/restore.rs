@@ -78,7 +78,8 @@ fn absolute(path: PathBuf) -> Result<PathBuf, CliError> {
         return Ok(path);
     }
     let cwd = std::env::current_dir().map_err(|e| CliError::failed(format!("cannot read the current directory: {e}")))?;
-    Ok(cwd.join(path))
+    // `./x` becomes `<cwd>/x`, not `<cwd>/./x`.
+    Ok(cwd.join(path).components().filter(|c| *c != std::path::Component::CurDir).collect())
 }
 
 pub async fn stack(a: StackArgs) -> Result<ExitCode, CliError> {
@@ -116,6 +117,10 @@ pub async fn stack(a: StackArgs) -> Result<ExitCode, CliError> {
         None
     };
     let plan = restore::plan(&policy, &repo, &req, kube.as_ref()).await?;
+    let cnpg_planned = plan.databases.iter().any(|d| matches!(d.into, restore::DatabaseTarget::Cnpg { .. }));
+    if (a.storage_size.is_some() || a.image_name.is_some()) && !cnpg_planned {
+        tracing::warn!("--storage-size and --image-name apply to driver: cnpg databases, and this restore has none; they are ignored");
+    }
     if a.dry_run {
         if a.json {
             println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "plan": plan, "dry_run": true })).expect("plan serialises"));
@@ -194,7 +199,7 @@ fn print_plan(plan: &StackPlan) {
     }
     for c in &plan.checkpoints {
         println!(
-            "  checkpoints {}: step {} of {} ({} before the target) into {}",
+            "  checkpoints {}: {} of {} ({} before the target) into {}",
             c.job,
             c.step,
             time(c.time),

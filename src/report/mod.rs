@@ -391,7 +391,10 @@ pub(crate) fn summary_rows(report: &Report) -> Vec<(&'static str, String)> {
     rows.push(("RTO, start to all checks done", duration_text(report.rto_checks_seconds)));
     let rpo = match (report.rpo_seconds, report.newest_change) {
         (Some(rpo), Some(newest)) => format!("{} (newest restored change {})", duration_text(rpo), time_text(newest)),
-        _ => "-".to_owned(),
+        _ if report.databases.is_empty() => "-".to_owned(),
+        // PostgreSQL reports no replay time when recovery replayed no
+        // transaction after the base backup.
+        _ => "- (no transaction was replayed after the base backup)".to_owned(),
     };
     rows.push(("RPO achieved", rpo));
 

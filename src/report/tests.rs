@@ -128,6 +128,15 @@ fn reports_show_check_connection() {
 }
 
 #[test]
+fn rpo_without_replay_says_why() {
+    let mut report = sample_report(0, Outcome::Pass);
+    report.rpo_seconds = None;
+    report.newest_change = None;
+    let text = render_markdown(&report, &[]);
+    assert!(text.contains("- (no transaction was replayed after the base backup)"), "{text}");
+}
+
+#[test]
 fn html_is_self_contained() {
     let history: Vec<Report> = (0..3).map(|m| sample_report(m, Outcome::Pass)).collect();
     let report = sample_report(10, Outcome::Fail);
