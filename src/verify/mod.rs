@@ -300,7 +300,11 @@ async fn run_locked(
         .window
         .map(|w| format!(" in the recoverable window {} to {}", rfc3339(w.after), rfc3339(w.until)))
         .unwrap_or_default();
-    info!(verify.choice = ?choice.choice, "target time {}{window_text}", choice.target);
+    if choice.to_end_of_archive {
+        info!(verify.choice = ?choice.choice, "target: the end of the archive{window_text}; the report's target time is the instant recovery finishes");
+    } else {
+        info!(verify.choice = ?choice.choice, "target time {}{window_text}", choice.target);
+    }
 
     let target_time = choice.target.as_datetime();
     let bucket_snapshots = choose_bucket_snapshots(&policy.buckets, &manifests, target_time);

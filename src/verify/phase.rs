@@ -118,7 +118,9 @@ pub(super) async fn check_phase(context: &Context<'_>, state: &mut RunState) {
         state.ready_seconds = Some(context.clock.elapsed().as_secs_f64());
     }
     if context.to_end_of_archive {
-        state.latest_target = Some(Utc::now());
+        let reached = Utc::now();
+        state.latest_target = Some(reached);
+        info!(verify.target_time = %reached.to_rfc3339_opts(chrono::SecondsFormat::Millis, true), "recovery reached the end of the archive; this instant is the report's target time");
     }
     for database in databases {
         check_database(context, &database.spec.name, state).await;
