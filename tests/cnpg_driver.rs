@@ -104,10 +104,6 @@ fn delete_non_terminal(kube: &FakeKube) {
 }
 
 /// Prints the start of a test step, so that a hang or a failure names its step.
-fn step(name: &str) {
-    eprintln!("{} step: {name}", chrono::Utc::now().format("%H:%M:%S"));
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cnpg_backup_and_restore() {
     let Some(s3) = garage() else { return };

@@ -60,10 +60,6 @@ fn run(args: &[&str], env: &[(&str, String)]) -> (i32, String, String) {
 }
 
 /// Prints the start of a test step, so that a hang or a failure names its step.
-fn step(name: &str) {
-    eprintln!("{} step: {name}", chrono::Utc::now().format("%H:%M:%S"));
-}
-
 /// Returns the number of Cluster apply requests (server-side apply is a PATCH) served so far.
 fn cluster_patches(kube: &FakeKube) -> u64 {
     let key = ("postgresql.cnpg.io".to_string(), "clusters".to_string(), "patch".to_string());

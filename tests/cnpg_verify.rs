@@ -71,10 +71,6 @@ verification:
 }
 
 /// Prints the start of a test step, so that a hang or a failure names its step.
-fn step(name: &str) {
-    eprintln!("{} step: {name}", Utc::now().format("%H:%M:%S"));
-}
-
 fn run(args: &[&str]) -> (i32, String, String) {
     run_visage_dr(args, &[("RUST_LOG", "info".into())])
 }
@@ -100,18 +96,9 @@ fn put_leftover(kube: &FakeKube, name: &str, expires: i64) {
     }));
 }
 
-fn check<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .unwrap_or_else(|| panic!("no check {name:?} in {report:#}"))
-}
-
 /// Returns the name of the scratch Cluster in the details of a report's restore check.
 fn cluster_of(report: &Value) -> String {
-    let details = check(report, "restore app")["details"].as_str().unwrap();
+    let details = report_check(report, "restore app")["details"].as_str().unwrap();
     let start = details.find("visage-dr-verify-").unwrap_or_else(|| panic!("no Cluster name in {details}"));
     details[start..].split(|c: char| !(c.is_ascii_alphanumeric() || c == '-')).next().unwrap().to_owned()
 }
@@ -169,7 +156,7 @@ async fn cnpg_verify_scratch_clusters() {
     let report = &output["report"];
     assert_eq!(report["result"], "pass", "{report:#}");
     for name in ["restore app", "recovery app", "data boundary app", "schema app", "check rows before target", "teardown"] {
-        assert_eq!(check(report, name)["result"], "pass", "{name}: {report:#}");
+        assert_eq!(report_check(report, name)["result"], "pass", "{name}: {report:#}");
     }
     assert_eq!(report["databases"][0]["driver"], "cnpg", "{report:#}");
     let port = report["databases"][0]["port"].as_u64().unwrap();
@@ -180,7 +167,7 @@ async fn cnpg_verify_scratch_clusters() {
     assert_eq!(String::from_utf8(secret_port).unwrap(), port.to_string(), "the checks did not use the scratch Cluster's instance");
     assert!(Path::new(report_dir).join("report.json").is_file(), "no report.json in {report_dir}");
     assert_eq!(report["databases"][0]["tls"], true, "the checks did not connect over TLS: {report:#}");
-    let restore_details = check(report, "restore app")["details"].as_str().unwrap();
+    let restore_details = report_check(report, "restore app")["details"].as_str().unwrap();
     assert!(restore_details.contains(&format!("over TLS verified with the CA of Secret {name}-ca")), "{restore_details}");
 
     // The scratch instance still runs until the operator stops, and rejects a plain connection,
@@ -234,14 +221,14 @@ async fn cnpg_verify_scratch_clusters() {
     assert!(stderr.contains("verification failed"), "{stderr}");
     let output: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
     let report = &output["report"];
-    let restore = check(report, "restore app");
+    let restore = report_check(report, "restore app");
     assert_eq!(restore["result"], "fail", "{report:#}");
     let details = restore["details"].as_str().unwrap();
     assert!(details.contains("did not become ready"), "{details}");
     assert!(details.contains("unrecoverable"), "{details}");
     assert!(details.contains("full-recovery failed"), "{details}");
-    assert_eq!(check(report, "recovery app")["result"], "fail", "{report:#}");
-    assert_eq!(check(report, "teardown")["result"], "pass", "{report:#}");
+    assert_eq!(report_check(report, "recovery app")["result"], "fail", "{report:#}");
+    assert_eq!(report_check(report, "teardown")["result"], "pass", "{report:#}");
     let failed_name = cluster_of(report);
     assert!(kube.store.get(CLUSTERS, NAMESPACE, &failed_name).is_none(), "the failed scratch Cluster {failed_name} was not deleted");
     assert_eq!(scratch_clusters(&kube), ["visage-dr-verify-20261205t020000z"]);
@@ -252,15 +239,15 @@ async fn cnpg_verify_scratch_clusters() {
     assert_eq!(code, 1, "{stderr}\n{stdout}");
     let output: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
     let report = &output["report"];
-    let restore = check(report, "restore app");
+    let restore = report_check(report, "restore app");
     assert_eq!(restore["result"], "fail", "{report:#}");
     let wrong_name = cluster_of(report);
     let details = restore["details"].as_str().unwrap();
     assert!(details.contains(&format!("cannot connect to scratch Cluster {NAMESPACE}/{wrong_name}")), "{details}");
     assert!(details.contains("invalid peer certificate"), "the failure does not name the certificate problem: {details}");
     assert!(details.contains(&format!("Check that Secret {NAMESPACE}/{wrong_name}-ca contains the CA")), "{details}");
-    assert_eq!(check(report, "recovery app")["result"], "fail", "{report:#}");
-    assert_eq!(check(report, "teardown")["result"], "pass", "{report:#}");
+    assert_eq!(report_check(report, "recovery app")["result"], "fail", "{report:#}");
+    assert_eq!(report_check(report, "teardown")["result"], "pass", "{report:#}");
     assert!(kube.store.get(CLUSTERS, NAMESPACE, &wrong_name).is_none(), "the scratch Cluster {wrong_name} was not deleted");
     assert_eq!(scratch_clusters(&kube), ["visage-dr-verify-20261205t020000z"]);
 
@@ -278,7 +265,7 @@ async fn cnpg_verify_scratch_clusters() {
     let report = &output["report"];
     let failure = report["failure"].as_str().unwrap();
     assert!(failure.contains("not ready after") || failure.contains("did not finish within verification.timeout"), "{failure}");
-    assert_eq!(check(report, "teardown")["result"], "pass", "{report:#}");
+    assert_eq!(report_check(report, "teardown")["result"], "pass", "{report:#}");
     assert_eq!(scratch_clusters(&kube), ["visage-dr-verify-20261205t020000z"], "the timed-out scratch Cluster was not deleted");
 
     step("SIGTERM while waiting for the scratch Cluster");
@@ -301,8 +288,8 @@ async fn cnpg_verify_scratch_clusters() {
     assert_eq!(out.status.code(), Some(1), "{stderr}\n{stdout}");
     let output: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
     let report = &output["report"];
-    assert!(check(report, "run")["details"].as_str().unwrap().contains("interrupted by SIGTERM"), "{report:#}");
-    assert_eq!(check(report, "teardown")["result"], "pass", "{report:#}");
+    assert!(report_check(report, "run")["details"].as_str().unwrap().contains("interrupted by SIGTERM"), "{report:#}");
+    assert_eq!(report_check(report, "teardown")["result"], "pass", "{report:#}");
     assert_eq!(scratch_clusters(&kube), ["visage-dr-verify-20261205t020000z"], "the interrupted run left its scratch Cluster");
 
     // Every request verify sent is a call that the list of Kubernetes API calls grants.

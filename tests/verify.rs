@@ -183,15 +183,6 @@ async fn verify(case: &Path, extra: &[&str]) -> (Run, Option<Value>) {
     (run, json)
 }
 
-fn check<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .unwrap_or_else(|| panic!("no check {name:?} in {report}"))
-}
-
 /// Processes whose command line names a path under `dir`.
 fn processes_under(dir: &Path) -> Vec<String> {
     let mut found = Vec::new();
@@ -375,16 +366,16 @@ async fn passing_run(fixture: &Fixture) {
         "teardown",
     ];
     for name in expected {
-        let found = check(report, name);
+        let found = report_check(report, name);
         assert_eq!(found["result"], "pass", "{name}: {found}");
         assert!(found["seconds"].as_f64().unwrap() >= 0.0, "{name}: {found}");
     }
-    assert!(check(report, "bucket uploads")["details"].as_str().unwrap().contains(&format!("{IMAGES} of {IMAGES} object(s)")));
-    assert!(check(report, "references app to uploads")["details"]
+    assert!(report_check(report, "bucket uploads")["details"].as_str().unwrap().contains(&format!("{IMAGES} of {IMAGES} object(s)")));
+    assert!(report_check(report, "references app to uploads")["details"]
         .as_str()
         .unwrap()
         .contains(&format!("{IMAGES} referenced key(s), all present in snapshot {}", fixture.bucket_snapshot)));
-    assert!(check(report, "data boundary app")["details"].as_str().unwrap().contains("no row is newer than the target"));
+    assert!(report_check(report, "data boundary app")["details"].as_str().unwrap().contains("no row is newer than the target"));
 
     let rto = report["rto_seconds"].as_f64().expect("rto_seconds is set");
     let rto_checks = report["rto_checks_seconds"].as_f64().unwrap();
@@ -499,10 +490,10 @@ async fn failing_run(fixture: &Fixture) {
 
     // The false assertion is named, with its value.
     assert!(run.stderr.contains("check \"check users miscounted\" failed: value 3 does not meet == 999"), "{}", run.stderr);
-    assert_eq!(check(report, "check users exist")["result"], "pass");
+    assert_eq!(report_check(report, "check users exist")["result"], "pass");
 
     // The corrupted blob names its key and the snapshot that needs it.
-    let bucket = check(report, "bucket uploads");
+    let bucket = report_check(report, "bucket uploads");
     assert_eq!(bucket["result"], "fail", "{bucket}");
     let damaged = format!("object \"{CORRUPTED_KEY}\" of snapshot {}", fixture.bucket_snapshot);
     assert!(bucket["details"].as_str().unwrap().contains(&damaged), "{bucket}");
@@ -510,7 +501,7 @@ async fn failing_run(fixture: &Fixture) {
     assert!(bucket["details"].as_str().unwrap().contains(&format!("1 of {IMAGES} restored object(s)")), "{bucket}");
 
     // The missing references are counted, and the first 20 listed.
-    let references = check(report, "references app to uploads");
+    let references = report_check(report, "references app to uploads");
     let details = references["details"].as_str().unwrap();
     assert_eq!(references["result"], "fail");
     assert!(details.starts_with(&format!("{GHOST_KEYS} of {} referenced key(s) are missing", IMAGES + GHOST_KEYS)), "{details}");
@@ -766,12 +757,12 @@ async fn broken_wal_fails_restore(fixture: &Fixture) {
     let (run, json) = verify(&case, &["--target-time", &target]).await;
     assert_eq!(run.code, Some(1), "{}", run.stderr);
     let report = &json.unwrap()["report"];
-    let restore = check(report, "restore app");
+    let restore = report_check(report, "restore app");
     assert_eq!(restore["result"], "fail");
     let details = restore["details"].as_str().unwrap();
     assert!(details.starts_with("the restore did not become ready: PostgreSQL exited during recovery"), "{details}");
     assert!(details.contains("recovery ended before configured recovery target was reached"), "{details}");
-    assert_eq!(check(report, "check users exist")["details"], "not run, because database app was not restored");
+    assert_eq!(report_check(report, "check users exist")["details"], "not run, because database app was not restored");
     assert!(report["rto_seconds"].is_null(), "{report}");
     assert!(run.stderr.contains("check \"restore app\" failed"), "{}", run.stderr);
     assert_torn_down(&case);

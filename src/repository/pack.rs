@@ -41,7 +41,7 @@ pub fn decode_frame(id: &BlobId, frame: &[u8], raw_length: u64) -> Result<Bytes,
 }
 
 /// Decompresses a frame onto the end of `out` and checks that it hashes to
-/// `id`. On an error `out` keeps its earlier content only. A frame of raw
+/// `id`. On an error, `out` keeps only its earlier content. A frame of raw
 /// blocks (see [`encode_frame`]) is copied without the zstd decoder.
 pub fn decode_frame_into(id: &BlobId, frame: &[u8], raw_length: u64, out: &mut BytesMut) -> Result<(), String> {
     if frame.is_empty() && raw_length > 0 {
@@ -198,7 +198,7 @@ fn write_raw_frame(data: &[u8], out: &mut Vec<u8>) {
 /// of its frame table, where each frame contributes its blob id's 32 bytes,
 /// then its stored length and its raw length as 8-byte little-endian
 /// integers. Frames sit back to back from offset 0, so the table fixes every
-/// byte range, and every frame decodes to the blob named; hashing the table
+/// byte range, and every frame decodes to the blob named. Hashing the table
 /// instead of the pack bytes saves a pass over all stored data.
 pub fn pack_id(blobs: &[BlobEntry]) -> PackId {
     let mut hasher = Hasher::new();

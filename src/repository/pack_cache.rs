@@ -42,8 +42,8 @@ impl PackCache {
         Ok(out.freeze())
     }
 
-    /// Like [`PackCache::read_blob`], but appends the blob to `out`, which
-    /// saves a buffer and a copy per blob when objects are assembled.
+    /// Reads a blob like [`PackCache::read_blob`] and appends it to `out`,
+    /// which saves a buffer and a copy per blob when objects are assembled.
     pub async fn read_blob_into(&self, id: &BlobId, out: &mut BytesMut) -> Result<(), RepoError> {
         let Some(loc) = self.repo.with_index(|i| i.usable_locations(id)).last().copied() else {
             return Err(RepoError::BlobMissing { blob: *id });

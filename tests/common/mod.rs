@@ -282,6 +282,22 @@ pub fn write_key_files(dir: &Path, s3: &S3Server) -> (PathBuf, PathBuf) {
     (key_file, secret_file)
 }
 
+/// Prints a timestamped progress line, so that a slow step is easy to find
+/// in the output of a long test.
+pub fn step(name: &str) {
+    eprintln!("{} step: {name}", chrono::Utc::now().format("%H:%M:%S"));
+}
+
+/// Returns the check called `name` of a verification report in JSON.
+pub fn report_check<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no check {name:?} in {report:#}"))
+}
+
 pub fn text(out: &Output) -> (String, String) {
     (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
